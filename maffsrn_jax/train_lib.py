@@ -1,0 +1,186 @@
+"""Training state, learning-rate schedule and the jit/pmap train step (L1 + AdamP).
+
+The step is a pure function `train_step(state, batch) -> (state, metrics)` built by
+`make_train_step(model, tx)`; `p_train_step` wraps it in `jax.pmap` with the state donated
+and gradients averaged over every device of every host.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from maffsrn_jax.models import MAFFSRN
+from maffsrn_jax.optim import adamp
+
+AXIS = "batch"
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the config: the data position is `step`,
+    because the batch at step k is a pure function of (seed, k)."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    skipped: jax.Array  # non-finite steps skipped so far
+    bad_run: jax.Array  # consecutive non-finite steps ending at `step`
+
+
+def model_from_config(cfg: ml_collections.ConfigDict) -> MAFFSRN:
+    """MAFFSRN from the `model` sub-config (its fields are the constructor's)."""
+    return MAFFSRN(**cfg.to_dict())
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """Step decay: lr * factor^(step // lr_decay_steps) (the paper: 2e-4, x0.5 every 200 K)."""
+    return optax.exponential_decay(
+        init_value=config.learning_rate,
+        transition_steps=config.lr_decay_steps,
+        decay_rate=config.lr_decay_factor,
+        staircase=True,
+    )
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    return adamp(
+        learning_rate_schedule(config),
+        b1=config.adam_b1,
+        b2=config.adam_b2,
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+    )
+
+
+def init_params(model: MAFFSRN, key: jax.Array, patch_size: int) -> Any:
+    """Parameters with PyTorch's initialisation (the same on every host and device count)."""
+    x = jnp.zeros((1, patch_size, patch_size, 3), jnp.float32)
+    return jax.jit(model.init)(key, x)["params"]
+
+
+def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=tx.init(params), skipped=zero, bad_run=zero)
+
+
+def to_float(images: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float32 [0, 1]; batches travel as uint8 (4x less host->device)."""
+    return images.astype(jnp.float32) / 255.0
+
+
+def l1_loss(model: MAFFSRN, params: Any, batch: Batch) -> jax.Array:
+    sr = model.apply({"params": params}, to_float(batch["lr"]))
+    return jnp.mean(jnp.abs(sr - to_float(batch["hr"])))
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def make_train_step(
+    model: MAFFSRN,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    axis_name: str | None = AXIS,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Builds `train_step(state, batch) -> (state, metrics)`.
+
+    Under pmap (`axis_name` set) the loss and gradients are averaged over all devices of all
+    hosts, so the update equals the single-device update on the global batch. A step whose
+    loss or gradients are not finite leaves params and optimizer state untouched.
+    """
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        loss, grads = jax.value_and_grad(functools.partial(l1_loss, model))(state.params, batch)
+        if axis_name is not None:
+            loss, grads = jax.lax.pmean((loss, grads), axis_name)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        # Zeroed gradients keep the optimizer arithmetic finite; the result is discarded.
+        safe_grads = jax.tree_util.tree_map(lambda g: jnp.where(finite, g, 0.0), grads)
+        updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree_util.tree_map(
+            lambda n, o: jnp.where(finite, n, o), new, old
+        )
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+            bad_run=jnp.where(finite, 0, state.bad_run + 1),
+        )
+        metrics = {
+            "loss": loss,
+            "lr": schedule(state.step),
+            "finite": finite,
+            "grad_norm": optax.global_norm(safe_grads),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_p_train_step(model: MAFFSRN, tx: optax.GradientTransformation, schedule: optax.Schedule):
+    """The pmapped step: state replicated and donated, batch [local_devices, B_dev, ...]."""
+    return jax.pmap(make_train_step(model, tx, schedule), axis_name=AXIS, donate_argnums=(0,))
+
+
+def shard(batch: Mapping[str, np.ndarray], n_devices: int) -> dict[str, np.ndarray]:
+    """[B_local, ...] -> [n_devices, B_local / n_devices, ...]."""
+    return {k: v.reshape(n_devices, v.shape[0] // n_devices, *v.shape[1:]) for k, v in batch.items()}
+
+
+def replicate(tree: Any) -> Any:
+    return flax.jax_utils.replicate(tree)
+
+
+def unreplicate_to_host(tree: Any) -> Any:
+    """First replica of every leaf, as numpy (safe to keep after the buffers are donated)."""
+    return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
+
+
+def load_init_params(
+    params: Any, pretrained: Any
+) -> tuple[Any, list[str]]:
+    """Copies `pretrained` into `params`; tail tensors of another shape (another scale) keep
+    their fresh init, as the official loader does. Returns (params, re-initialised paths).
+    Any other mismatch raises ValueError listing the offending tensors.
+    """
+    flat = flax.traverse_util.flatten_dict(params)
+    src = flax.traverse_util.flatten_dict(pretrained)
+    missing = sorted("/".join(p) for p in flat if p not in src)
+    unexpected = sorted("/".join(p) for p in src if p not in flat)
+    reinit, bad = [], []
+    out = {}
+    for path, value in flat.items():
+        if path not in src:
+            continue
+        new = np.asarray(src[path])
+        if new.shape != value.shape:
+            if path[0] == "tail":
+                reinit.append("/".join(path))
+                out[path] = value
+            else:
+                bad.append(f"{'/'.join(path)} {list(new.shape)} != {list(value.shape)}")
+            continue
+        out[path] = jnp.asarray(new, value.dtype)
+    problems = [
+        f"{len(v)} {k} ({', '.join(v[:3])}{' ...' if len(v) > 3 else ''})"
+        for k, v in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", bad))
+        if v
+    ]
+    if problems:
+        raise ValueError("; ".join(problems))
+    return flax.traverse_util.unflatten_dict(out), reinit
