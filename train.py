@@ -176,8 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     scale = model.scale
 
     # Data first: a missing dataset should fail before anything is compiled.
-    min_hr = config.patch_size * scale
-    train_ds, val_ds = input_pipeline.get_datasets(config.data, scale, min_hr_size=min_hr)
+    train_ds, val_ds = input_pipeline.get_datasets(config.data, scale, patch_size=config.patch_size)
     val_pairs = [val_ds.pair(i) for i in range(len(val_ds))]
 
     workdir_p.mkdir(parents=True, exist_ok=True)

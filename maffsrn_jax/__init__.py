@@ -1,12 +1,17 @@
-"""MAFFSRN super-resolution in JAX/Flax, interchangeable with the official PyTorch weights."""
+"""MAFFSRN super-resolution in JAX/Flax, interchangeable with the official PyTorch weights.
 
-from maffsrn_jax.models import MAFFSRN, count_params
+`from maffsrn_jax import MAFFSRN, load_pretrained`. Both are imported on first use, so the
+data modules (`imresize`, `image_io`, `input_pipeline`) load without JAX, Flax or Orbax.
+"""
 
 __all__ = ["MAFFSRN", "count_params", "load_pretrained"]
 
 
 def __getattr__(name: str):
-    # Loading checkpoints pulls in Orbax (slow to import); only pay for it when used.
+    if name in ("MAFFSRN", "count_params"):
+        from maffsrn_jax import models
+
+        return getattr(models, name)
     if name == "load_pretrained":
         from maffsrn_jax.convert import load_pretrained
 

@@ -71,8 +71,11 @@ def init_params(model: MAFFSRN, key: jax.Array, patch_size: int) -> Any:
 
 
 def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
-    zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=tx.init(params), skipped=zero, bad_run=zero)
+    # Separate zeros: one buffer in three fields could not be donated.
+    zero = lambda: jnp.zeros((), jnp.int32)
+    return TrainState(
+        step=zero(), params=params, opt_state=tx.init(params), skipped=zero(), bad_run=zero()
+    )
 
 
 def to_float(images: jax.Array) -> jax.Array:
@@ -125,7 +128,7 @@ def make_train_step(
             "loss": loss,
             "lr": schedule(state.step),
             "finite": finite,
-            "grad_norm": optax.global_norm(safe_grads),
+            "grad_norm": optax.tree.norm(safe_grads),
         }
         return new_state, metrics
 
@@ -142,8 +145,15 @@ def shard(batch: Mapping[str, np.ndarray], n_devices: int) -> dict[str, np.ndarr
     return {k: v.reshape(n_devices, v.shape[0] // n_devices, *v.shape[1:]) for k, v in batch.items()}
 
 
-def replicate(tree: Any) -> Any:
-    return flax.jax_utils.replicate(tree)
+def replicate(tree: Any, devices: list | None = None) -> Any:
+    """One copy of `tree` per local device, laid out exactly as pmap lays out its outputs.
+
+    (flax.jax_utils.replicate's layout differs from pmap's output layout, which would make
+    the second train step compile the whole program again.)
+    """
+    devices = devices or jax.local_devices()
+    stacked = jax.tree_util.tree_map(lambda x: np.stack([np.asarray(x)] * len(devices)), tree)
+    return jax.pmap(lambda x: x, axis_name=AXIS, devices=devices)(stacked)
 
 
 def unreplicate_to_host(tree: Any) -> Any:

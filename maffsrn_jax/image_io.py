@@ -1,0 +1,248 @@
+"""Reading and writing images robustly, shared by the data pipeline, eval and the upscaler.
+
+`load_image` returns the file's own pixels (uint8 or uint16; gray, RGB or RGBA) and turns
+every way a file can be bad (missing, unreadable, not an image, truncated, corrupt, a
+decompression bomb) into one `ImageError` naming the file. `to_rgb_uint8` is the single
+place where odd images become the network's uint8 RGB. `save_image` writes atomically.
+
+Pillow cannot hold 16-bit colour, so 16-bit RGB(A) PNGs are read by running Pillow's own PNG
+decoder twice (once keeping the high bytes, once the low bytes) and written by a small PNG
+encoder here; 16-bit grayscale goes through Pillow directly.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import uuid
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageError(ValueError):
+    """A file that cannot be read or written as an image; the message names the file."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = " ".join(str(reason).split())  # Always a single line.
+        super().__init__(f"{self.path}: {self.reason}")
+
+
+def _check_pixel_limit(img: Image.Image, path: str | os.PathLike) -> None:
+    # Pillow itself only raises above twice its limit (and merely warns above it); refusing at
+    # the limit keeps the rule simple. Users raise or disable it via Image.MAX_IMAGE_PIXELS.
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and img.width * img.height > limit:
+        raise ImageError(
+            path,
+            f"{img.width}x{img.height} pixels exceeds Pillow's limit of {limit} "
+            "(possible decompression bomb; raise PIL.Image.MAX_IMAGE_PIXELS to allow it)",
+        )
+
+
+def _decode_png_16bit_colour(img: Image.Image) -> np.ndarray | None:
+    """Full-precision pixels of a 16-bit RGB(A) PNG, or None if `img` is not one.
+
+    Pillow decodes such files to 8 bits by keeping each sample's high byte ('RGB;16B'). Decoding
+    the same stream with the little-endian unpacker ('RGB;16L') keeps the other byte instead.
+    """
+    if img.format != "PNG" or img.mode not in ("RGB", "RGBA") or len(img.tile) != 1:
+        return None
+    tile = img.tile[0]
+    rawmode = tile.args
+    if not (isinstance(rawmode, str) and rawmode == img.mode + ";16B"):
+        return None
+    img.load()
+    high = np.asarray(img)
+    with Image.open(img.filename) as low_img:
+        low_img.tile = [tile._replace(args=img.mode + ";16L")]
+        low_img.load()
+        low = np.asarray(low_img)
+    return (high.astype(np.uint16) << 8) | low
+
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    """Decoded Pillow image -> uint8/uint16 array shaped [H, W], [H, W, 3] or [H, W, 4]."""
+    mode = img.mode
+    if mode in ("L", "RGB", "RGBA"):
+        return np.asarray(img)
+    if mode == "1":
+        return np.asarray(img.convert("L"))
+    if mode.startswith("I;16"):
+        return np.asarray(img).astype(np.uint16)  # Native byte order.
+    if mode == "I":
+        arr = np.asarray(img)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError(f"32-bit integer pixels outside [0, 65535] (mode {mode})")
+        return arr.astype(np.uint16)
+    if mode in ("LA", "La", "PA", "RGBa") or (mode == "P" and "transparency" in img.info):
+        return np.asarray(img.convert("RGBA"))
+    if mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(img.convert("RGB"))
+    raise ValueError(f"unsupported pixel mode {mode}")
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Reads an image file's pixels without changing their depth or channel count.
+
+    Args:
+        path: any format Pillow reads (PNG, JPEG, BMP, TIFF, WebP, ...). Only the first frame of
+            animated files is read.
+
+    Returns:
+        uint8 or uint16 array shaped [H, W] (gray), [H, W, 3] (RGB) or [H, W, 4] (RGBA).
+        Palette images become RGB(A); gray+alpha becomes RGBA.
+
+    Raises:
+        ImageError: missing, unreadable, not an image, truncated or corrupt, over Pillow's
+            decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`), or an unsupported mode.
+    """
+    try:
+        with Image.open(path) as img:
+            _check_pixel_limit(img, path)
+            arr = _decode_png_16bit_colour(img)
+            if arr is None:
+                img.load()  # Decode everything now so truncation surfaces here.
+                arr = _to_array(img)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory, not an image file") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(path, "not an image file (unrecognised format)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(path, f"refused as a possible decompression bomb: {e}") from None
+    except MemoryError:
+        raise ImageError(path, "not enough memory to decode") from None
+    except Exception as e:  # Pillow signals corrupt data with many exception types.
+        raise ImageError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from None
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if min(arr.shape[:2]) < 1:
+        raise ImageError(path, f"empty image of shape {arr.shape}")
+    return arr
+
+
+def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
+    """Any array from `load_image` -> [H, W, 3] uint8 RGB.
+
+    Gray is replicated to three channels, alpha dropped (not composited: SR models see the
+    stored colour), and 16-bit values scaled to 8 bits with rounding (v * 255 / 65535).
+    """
+    arr = np.asarray(arr)
+    if arr.dtype == np.uint16:
+        arr = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise ValueError(f"to_rgb_uint8: expected uint8 or uint16 pixels, got {arr.dtype}")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"to_rgb_uint8: expected HxW or HxWxC (C <= 4), got {arr.shape}")
+    if arr.shape[-1] <= 2:  # Gray or gray + alpha.
+        return np.repeat(arr[..., :1], 3, axis=-1)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def _png_filter(raw: np.ndarray, bpp: int, filters: np.ndarray) -> np.ndarray:
+    """Applies PNG filter type `filters[r]` (0-4) to each byte row `raw[r]` (uint8 [H, N])."""
+    x = raw.astype(np.int16)
+    a = np.zeros_like(x)  # Left neighbour (bpp bytes back).
+    a[:, bpp:] = x[:, :-bpp]
+    b = np.zeros_like(x)  # Same byte in the row above.
+    b[1:] = x[:-1]
+    c = np.zeros_like(x)  # Above-left.
+    c[1:, bpp:] = x[:-1, :-bpp]
+    pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
+    paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+    predictions = np.stack([np.zeros_like(x), a, b, (a + b) // 2, paeth])
+    pred = predictions[filters, np.arange(x.shape[0])]
+    return ((x - pred) & 0xFF).astype(np.uint8)
+
+
+def _encode_png(arr: np.ndarray, filters: np.ndarray | None = None) -> bytes:
+    """A PNG file holding uint16 [H, W, 3|4] `arr` at 16 bits per sample.
+
+    `filters` (one PNG filter type per row) defaults to Paeth everywhere, which compresses
+    photographs well.
+    """
+    h, w, c = arr.shape
+    raw = arr.astype(">u2").view(np.uint8).reshape(h, w * c * 2)
+    if filters is None:
+        filters = np.full(h, 4, dtype=np.uint8)
+    filtered = _png_filter(raw, 2 * c, filters)
+    scanlines = np.concatenate([filters.astype(np.uint8)[:, None], filtered], axis=1)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    colour_type = {3: 2, 4: 6}[c]  # Truecolour, truecolour + alpha.
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    return b"".join([
+        _PNG_SIGNATURE,
+        chunk(b"IHDR", header),
+        chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6)),
+        chunk(b"IEND", b""),
+    ])
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Calls `write(file)` on a temporary file beside `path`, then renames it over `path`."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        # os.open with 0o666 lets the umask decide permissions, as a plain open() would.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_image(path: str | os.PathLike, arr: np.ndarray) -> None:
+    """Writes `arr` to `path` atomically (no partial file on error or interruption).
+
+    Args:
+        path: output file; the format follows the suffix (.png, .jpg, .bmp, .tif, .webp, ...).
+        arr: uint8 or uint16 [H, W], [H, W, 3] or [H, W, 4]. 16-bit colour needs a .png path.
+
+    Raises:
+        ImageError: unsupported array or suffix, or the file could not be written.
+    """
+    path = Path(path)
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.dtype not in (np.uint8, np.uint16) or not (
+        arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))
+    ):
+        raise ImageError(path, f"cannot save a {arr.dtype} array of shape {arr.shape}")
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(path, f"unknown image file extension {path.suffix!r}")
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype == np.uint16 and arr.ndim == 3:
+        if fmt != "PNG":
+            raise ImageError(path, "16-bit colour images can only be saved as .png")
+        write = lambda f: f.write(_encode_png(arr))
+    else:
+        img = Image.fromarray(arr)
+        write = lambda f: img.save(f, format=fmt)
+    try:
+        _write_atomic(path, write)
+    except OSError as e:
+        raise ImageError(path, f"cannot write ({e.strerror or e})") from None
+    except (ValueError, KeyError) as e:  # Pillow: mode unsupported by the format, e.g. RGBA JPEG.
+        raise ImageError(path, f"cannot save as {fmt}: {e}") from None
