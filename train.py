@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging as std_logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -72,8 +73,14 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"--config.patch_size={config.patch_size} is below the model's minimum input "
             f"{MIN_INPUT_SIZE}"
         )
-    for field in ("num_train_steps", "log_every_steps", "eval_every_steps",
-                  "checkpoint_every_steps", "lr_decay_steps", "keep_checkpoints"):
+    for field in (
+        "num_train_steps",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "lr_decay_steps",
+        "keep_checkpoints",
+    ):
         if getattr(config, field) <= 0:
             raise TrainingError(f"--config.{field} must be positive, got {getattr(config, field)}")
 
@@ -92,11 +99,12 @@ class MetricsLog:
         self.path, self.enabled = path, enabled
         if enabled and path.exists():
             kept = [
-                line for line in path.read_text().splitlines()
+                line
+                for line in path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= resume_step
             ]
             _write_atomic(path, "".join(line + "\n" for line in kept))
-        self.file = open(path, "a") if enabled else None  # noqa: SIM115
+        self.file = open(path, "a") if enabled else None
 
     def write(self, record: dict[str, Any]) -> None:
         if self.file:
@@ -147,7 +155,9 @@ def bicubic_baseline(pairs, scale: int) -> dict[str, Any]:
     return {"psnr": float(psnr), "ssim": float(ssim), "per_image": scores, "sr": ups}
 
 
-def summary_strip(sr: np.ndarray, bicubic: np.ndarray, hr: np.ndarray, size: int = 96) -> np.ndarray:
+def summary_strip(
+    sr: np.ndarray, bicubic: np.ndarray, hr: np.ndarray, size: int = 96
+) -> np.ndarray:
     """A centre crop of SR | bicubic | HR side by side, uint8 [size, 3 * size, 3]."""
     h, w = hr.shape[:2]
     size = min(size, h, w)
@@ -188,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     schedule = train_lib.learning_rate_schedule(config)
     tx = train_lib.make_optimizer(config)
-    params = train_lib.init_params(model, jax.random.key(config.seed), config.patch_size)
+    params = train_lib.init_params(model, jax.random.key(config.seed))
     state = train_lib.create_train_state(params, tx)
 
     start_step = latest.latest_step()
@@ -222,9 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         prefetch=config.data.prefetch,
     )
     n_local = jax.local_device_count()
-    device_iter = jax_utils.prefetch_to_device(
-        (train_lib.shard(b, n_local) for b in train_iter), 2
-    )
+    device_iter = jax_utils.prefetch_to_device((train_lib.shard(b, n_local) for b in train_iter), 2)
     p_train_step = train_lib.make_p_train_step(model, tx, schedule)
     p_state = train_lib.replicate(state)
 
@@ -249,8 +257,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     def run_eval(step: int, host_state) -> dict[str, Any]:
         res = evaluate(model, host_state.params, val_pairs, scale, config.eval_tile)
         record = {
-            "step": step, "val_psnr": res["psnr"], "val_ssim": res["ssim"],
-            "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"],
+            "step": step,
+            "val_psnr": res["psnr"],
+            "val_ssim": res["ssim"],
+            "bicubic_psnr": bicubic["psnr"],
+            "bicubic_ssim": bicubic["ssim"],
         }
         log.write(record)
         if writer:
@@ -265,8 +276,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     from tqdm import tqdm
 
     progress = tqdm(
-        total=config.num_train_steps, initial=start_step, disable=not is_main,
-        dynamic_ncols=True, desc="train", file=sys.stdout,
+        total=config.num_train_steps,
+        initial=start_step,
+        disable=not is_main,
+        dynamic_ncols=True,
+        desc="train",
+        file=sys.stdout,
     )
     step, window, t0, pending = start_step, [], time.time(), None
     result, exit_reason = None, None
@@ -325,14 +340,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             close()
 
     if exit_reason is not None:
-        raise TrainingError(exit_reason) if "non-finite" in exit_reason else _Interrupted(exit_reason)
+        raise (
+            TrainingError(exit_reason) if "non-finite" in exit_reason else _Interrupted(exit_reason)
+        )
     if result is None:  # resumed at the end: score the final weights once more
-        result = evaluate(model, train_lib.unreplicate_to_host(p_state).params, val_pairs, scale,
-                          config.eval_tile)
+        result = evaluate(
+            model, train_lib.unreplicate_to_host(p_state).params, val_pairs, scale, config.eval_tile
+        )
     if is_main:
         _print_report(val_ds.names, scale, step, bicubic, result)
-    return {"psnr": result["psnr"], "ssim": result["ssim"],
-            "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"]}
+    return {
+        "psnr": result["psnr"],
+        "ssim": result["ssim"],
+        "bicubic_psnr": bicubic["psnr"],
+        "bicubic_ssim": bicubic["ssim"],
+    }
 
 
 class _Interrupted(Exception):
@@ -376,8 +398,11 @@ def _log_window(window, step, t0, log, writer, progress) -> None:
             writer.add_scalar(f"train/{k}", record[k], step)
     if record["skipped_steps"]:
         logging.warning("step %d: skipped %d non-finite step(s)", step, record["skipped_steps"])
-    progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                         steps_s=f"{record['steps_per_sec']:.2f}")
+    progress.set_postfix(
+        loss=f"{record['loss']:.4f}",
+        lr=f"{record['lr']:.2e}",
+        steps_s=f"{record['steps_per_sec']:.2f}",
+    )
 
 
 def _print_report(names, scale, step, bicubic, result) -> None:
@@ -385,8 +410,10 @@ def _print_report(names, scale, step, bicubic, result) -> None:
     print(f"  {'image':<24}{'bicubic':>18}{'MAFFSRN':>18}")
     for name, b, r in zip(names, bicubic["per_image"], result["per_image"], strict=True):
         print(f"  {name:<24}{b[0]:>10.2f} / {b[1]:.4f}{r[0]:>10.2f} / {r[1]:.4f}")
-    print(f"  {'mean':<24}{bicubic['psnr']:>10.2f} / {bicubic['ssim']:.4f}"
-          f"{result['psnr']:>10.2f} / {result['ssim']:.4f}")
+    print(
+        f"  {'mean':<24}{bicubic['psnr']:>10.2f} / {bicubic['ssim']:.4f}"
+        f"{result['psnr']:>10.2f} / {result['ssim']:.4f}"
+    )
     print(f"MAFFSRN (step {step}) {result['psnr'] - bicubic['psnr']:+.2f} dB over bicubic.")
 
 
@@ -423,5 +450,31 @@ def main(argv: list[str]) -> None:
         sys.exit(1 if "non-finite" in str(e) else 2)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with config mistakes reported in one line instead of a traceback."""
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"error: {e}\nPass --helpshort to see the flags.")
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of a missing field
+        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        bad = next((o for o in overrides if o.rsplit(".", 1)[-1] in str(e)), "--config.<field>")
+        hint = re.search(r'Did you mean "(\w+)"', str(e))
+        sys.exit(
+            f"error: {bad}: the config has no such field"
+            + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
+        )
+    except (TypeError, ValueError) as e:  # ml_collections: a value of the wrong type
+        sys.exit(f"error: bad --config override: {e}")
+    try:
+        FLAGS.config.to_dict()  # a config file that failed to load only says so when used
+    except OSError as e:
+        detail = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        sys.exit(f"error: --config={FLAGS['config'].config_filename}: {detail[-1]}")
+    except Exception as e:  # the config file itself raised
+        sys.exit(f"error: --config={FLAGS['config'].config_filename}: {type(e).__name__}: {e}")
+    return rest
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

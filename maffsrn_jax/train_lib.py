@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from maffsrn_jax.models import MAFFSRN
+from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE
 from maffsrn_jax.optim import adamp
 
 AXIS = "batch"
@@ -64,10 +64,14 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
     )
 
 
-def init_params(model: MAFFSRN, key: jax.Array, patch_size: int) -> Any:
-    """Parameters with PyTorch's initialisation (the same on every host and device count)."""
-    x = jnp.zeros((1, patch_size, patch_size, 3), jnp.float32)
-    return jax.jit(model.init)(key, x)["params"]
+def init_params(model: MAFFSRN, key: jax.Array) -> Any:
+    """Parameters with PyTorch's initialisation (the same on every host and device count).
+
+    Run eagerly: under jit, XLA compiles one threefry generator per parameter (~25 s for
+    MAFFSRN on a laptop CPU); eagerly, each distinct shape compiles once (~5 s).
+    """
+    x = jnp.zeros((1, MIN_INPUT_SIZE, MIN_INPUT_SIZE, 3), jnp.float32)
+    return model.init(key, x)["params"]
 
 
 def create_train_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
@@ -142,7 +146,9 @@ def make_p_train_step(model: MAFFSRN, tx: optax.GradientTransformation, schedule
 
 def shard(batch: Mapping[str, np.ndarray], n_devices: int) -> dict[str, np.ndarray]:
     """[B_local, ...] -> [n_devices, B_local / n_devices, ...]."""
-    return {k: v.reshape(n_devices, v.shape[0] // n_devices, *v.shape[1:]) for k, v in batch.items()}
+    return {
+        k: v.reshape(n_devices, v.shape[0] // n_devices, *v.shape[1:]) for k, v in batch.items()
+    }
 
 
 def replicate(tree: Any, devices: list | None = None) -> Any:
@@ -161,9 +167,7 @@ def unreplicate_to_host(tree: Any) -> Any:
     return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
 
 
-def load_init_params(
-    params: Any, pretrained: Any
-) -> tuple[Any, list[str]]:
+def load_init_params(params: Any, pretrained: Any) -> tuple[Any, list[str]]:
     """Copies `pretrained` into `params`; tail tensors of another shape (another scale) keep
     their fresh init, as the official loader does. Returns (params, re-initialised paths).
     Any other mismatch raises ValueError listing the offending tensors.

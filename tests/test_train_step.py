@@ -10,7 +10,6 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -21,8 +20,15 @@ from maffsrn_jax.models import MAFFSRN
 
 from .conftest import REPO
 
-OPT = dict(learning_rate=1e-3, lr_decay_steps=2, lr_decay_factor=0.5, adam_b1=0.9,
-           adam_b2=0.999, adam_eps=1e-8, weight_decay=0.0)
+OPT = dict(
+    learning_rate=1e-3,
+    lr_decay_steps=2,
+    lr_decay_factor=0.5,
+    adam_b1=0.9,
+    adam_b2=0.999,
+    adam_eps=1e-8,
+    weight_decay=0.0,
+)
 
 
 def _batch(n: int = 4, p: int = 16, scale: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -86,7 +92,7 @@ def test_three_steps_match_pytorch_and_adamp():
 def test_loss_decreases_on_a_fixed_batch():
     model = MAFFSRN(scale=2, n_ffgs=1, n_mabs=2)
     tx, step = _step_fn(model, lr_decay_steps=1000)
-    state = train_lib.create_train_state(train_lib.init_params(model, jax.random.key(0), 16), tx)
+    state = train_lib.create_train_state(train_lib.init_params(model, jax.random.key(0)), tx)
     batch = _batch()
     losses = []
     for _ in range(12):
@@ -106,7 +112,7 @@ def test_lr_schedule_halves_every_decay_steps():
 def test_non_finite_step_is_skipped_and_counted():
     model = MAFFSRN(scale=2, n_ffgs=1, n_mabs=2)
     tx, step = _step_fn(model)
-    state = train_lib.create_train_state(train_lib.init_params(model, jax.random.key(0), 16), tx)
+    state = train_lib.create_train_state(train_lib.init_params(model, jax.random.key(0)), tx)
     good = _batch()
     state, _ = step(state, good)
     before = jax.device_get(state)
@@ -119,8 +125,11 @@ def test_non_finite_step_is_skipped_and_counted():
     after = jax.device_get(state)
     same = jax.tree_util.tree_map(np.array_equal, before.params, after.params)
     assert all(jax.tree_util.tree_leaves(same))
-    assert all(jax.tree_util.tree_leaves(
-        jax.tree_util.tree_map(np.array_equal, before.opt_state, after.opt_state)))
+    assert all(
+        jax.tree_util.tree_leaves(
+            jax.tree_util.tree_map(np.array_equal, before.opt_state, after.opt_state)
+        )
+    )
     assert int(after.skipped) == 2 and int(after.step) == 3
     state, metrics = step(state, good)
     assert bool(metrics["finite"]) and int(state.bad_run) == 0
@@ -129,16 +138,17 @@ def test_non_finite_step_is_skipped_and_counted():
 def test_init_from_reinitialises_a_tail_of_another_scale():
     x2 = MAFFSRN(scale=2, n_ffgs=1, n_mabs=2)
     x4 = MAFFSRN(scale=4, n_ffgs=1, n_mabs=2)
-    p2 = train_lib.init_params(x2, jax.random.key(1), 16)
-    p4 = train_lib.init_params(x4, jax.random.key(2), 16)
+    p2 = train_lib.init_params(x2, jax.random.key(1))
+    p4 = train_lib.init_params(x4, jax.random.key(2))
     merged, reinit = train_lib.load_init_params(p4, p2)
     flat, src, fresh = (traverse_util.flatten_dict(t) for t in (merged, p2, p4))
     assert reinit and all(r.startswith("tail/") for r in reinit)
     for path, v in flat.items():
         ref = fresh if "/".join(path) in reinit else src
         np.testing.assert_array_equal(np.asarray(v), np.asarray(ref[path]))
-    other = train_lib.init_params(MAFFSRN(scale=2, n_ffgs=1, n_mabs=2, n_feats=16),
-                                  jax.random.key(0), 16)
+    other = train_lib.init_params(
+        MAFFSRN(scale=2, n_ffgs=1, n_mabs=2, n_feats=16), jax.random.key(0)
+    )
     with pytest.raises(ValueError, match="mis-shaped"):
         train_lib.load_init_params(p2, other)
 
@@ -149,10 +159,15 @@ _DEVICES_SCRIPT = textwrap.dedent(
     from maffsrn_jax import train_lib
     from maffsrn_jax.models import MAFFSRN
     from tests.test_train_step import OPT, _batch
+
+    def flat(tree):
+        leaves = jax.tree_util.tree_leaves(tree)
+        return np.concatenate([np.asarray(x).ravel() for x in leaves])
+
     model = MAFFSRN(scale=2, n_ffgs=1, n_mabs=2)
     cfg = ml_collections.ConfigDict(OPT)
     tx, sched = train_lib.make_optimizer(cfg), train_lib.learning_rate_schedule(cfg)
-    params = train_lib.init_params(model, jax.random.key(0), 16)
+    params = train_lib.init_params(model, jax.random.key(0))
     out = {}
     for n in (1, 4):
         devices = jax.devices()[:n]
@@ -161,20 +176,28 @@ _DEVICES_SCRIPT = textwrap.dedent(
         state = train_lib.replicate(train_lib.create_train_state(params, tx), devices)
         for k in range(3):
             state, _ = step(state, train_lib.shard(_batch(8, 16, seed=k), n))
-        host = jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda x: np.asarray(x[0]), state.params))
-        out[n] = np.concatenate([h.ravel() for h in host])
+        out[n] = flat(jax.tree_util.tree_map(lambda x: x[0], state.params))
     print(json.dumps({"devices": jax.device_count(),
                       "max_diff": float(np.abs(out[1] - out[4]).max()),
-                      "moved": float(np.abs(out[1] - np.concatenate([np.asarray(x).ravel() for x in jax.tree_util.tree_leaves(params)])).max())}))
+                      "moved": float(np.abs(out[1] - flat(params)).max())}))
     """
 )
 
 
 def test_one_device_and_four_devices_give_the_same_weights():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _DEVICES_SCRIPT],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["devices"] == 4
