@@ -298,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if step % config.log_every_steps == 0 or step == config.num_train_steps:
                 window.append(_read(pending))
                 pending = None
-                bad_run = int(jax.device_get(p_state.bad_run[0]))
+                bad_run = int(train_lib.unreplicate_to_host(p_state.bad_run))
                 _log_window(window, step, t0, log, writer, progress)
                 window, t0 = [], time.time()
                 if bad_run >= config.max_bad_steps:
@@ -378,8 +378,9 @@ def _stop_requested(stop_signal: dict) -> bool:
 
 
 def _read(metrics) -> dict[str, float]:
-    m = jax.device_get(jax.tree_util.tree_map(lambda x: x[0], metrics))
-    return {k: float(v) for k, v in m.items()}
+    from maffsrn_jax.train_lib import unreplicate_to_host
+
+    return {k: float(v) for k, v in unreplicate_to_host(metrics).items()}
 
 
 def _log_window(window, step, t0, log, writer, progress) -> None:

@@ -163,8 +163,11 @@ def replicate(tree: Any, devices: list | None = None) -> Any:
 
 
 def unreplicate_to_host(tree: Any) -> Any:
-    """First replica of every leaf, as numpy (safe to keep after the buffers are donated)."""
-    return jax.device_get(jax.tree_util.tree_map(lambda x: x[0], tree))
+    """This host's first replica of every leaf, as numpy (safe to keep after the buffers are
+    donated). Local shards only: on several hosts, pmap outputs span every host's devices,
+    and indexing them would be a collective that the other hosts are not running.
+    """
+    return jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
 
 
 def load_init_params(params: Any, pretrained: Any) -> tuple[Any, list[str]]:

@@ -174,7 +174,11 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path, data_dir):
         )
         for i in range(2)
     ]
-    outs = [p.communicate(timeout=600) for p in procs]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
     assert "over bicubic" in outs[0][0] and "over bicubic" not in outs[1][0]  # one reporter
