@@ -29,6 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Where the (LR, HR) pairs come from: see maffsrn_jax/input_pipeline.py.
     c.data = default_data_config()
     c.data.source = "div2k"
+    c.data.dir = ""  # your DIV2K root (holding DIV2K_train_HR/, DIV2K_valid_HR/, ...)
+    # Validation during training: the first 10 DIV2K validation images, as the official
+    # EDSR-framework default (--data_range 1-800/801-810); '801-900' for all of them.
+    c.data.val_range = "801-810"
 
     c.batch_size = 16  # global, over all devices and hosts
     c.patch_size = 48  # LR patch side; the HR patch is scale times larger

@@ -10,8 +10,10 @@ mid-save leaves the previous checkpoints usable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,8 @@ def manager(
         enable_async_checkpointing=async_save,
         create=not read_only,
         read_only=read_only,
+        # Orbax warns when a read-only manager keeps a save interval; it has nothing to save.
+        save_interval_steps=0 if read_only else 1,
     )
     return ocp.CheckpointManager(
         Path(directory).absolute(), options=options, item_names=(STATE, MODEL)
@@ -96,24 +100,41 @@ def restore(
     """
     root, named_step = resolve(path)
     step = named_step if step is None else step
-    # Orbax logs every restore at INFO; a user loading weights only needs errors.
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    mngr = manager(root, read_only=True)
-    steps = mngr.all_steps()
-    if not steps:
-        raise CheckpointError(f"{root}: no checkpoint found (no step folders with state/ and model/)")
-    if step is None:
-        step = max(steps)
-    elif step not in steps:
-        raise CheckpointError(f"{root}: no checkpoint at step {step} (have {sorted(steps)})")
-    state_args = ocp.args.StandardRestore(target) if target is not None else ocp.args.StandardRestore()
-    try:
-        restored = mngr.restore(
-            step, args=ocp.args.Composite(**{STATE: state_args, MODEL: ocp.args.JsonRestore()})
-        )
-    except (ValueError, KeyError, FileNotFoundError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{root}/{step}: unreadable checkpoint ({first})") from e
-    finally:
-        mngr.close()
+    state_args = ocp.args.StandardRestore(target)  # None: restore as saved (nested dicts)
+    # Orbax logs every restore at INFO and a read-only manager at WARNING ("Given directory
+    # is read only"); a user loading weights should see one line, and real failures raise.
+    with _absl_level(logging.ERROR):
+        mngr = manager(root, read_only=True)
+        try:
+            steps = mngr.all_steps()
+            if not steps:
+                raise CheckpointError(
+                    f"{root}: no checkpoint found (no step folders with state/ and model/)"
+                )
+            if step is None:
+                step = max(steps)
+            elif step not in steps:
+                raise CheckpointError(
+                    f"{root}: no checkpoint at step {step} (have {sorted(steps)})"
+                )
+            items = {STATE: state_args, MODEL: ocp.args.JsonRestore()}
+            try:
+                restored = mngr.restore(step, args=ocp.args.Composite(**items))
+            except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise CheckpointError(f"{root}/{step}: unreadable checkpoint ({first})") from e
+        finally:
+            mngr.close()
     return restored[STATE], dict(restored[MODEL]), step
+
+
+@contextlib.contextmanager
+def _absl_level(level: int) -> Iterator[None]:
+    """Temporarily sets the level of the `absl` logger (which Orbax logs through)."""
+    logger = logging.getLogger("absl")
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)

@@ -119,12 +119,15 @@ def _unwrap(obj: Any) -> Mapping[str, Any]:
     for _ in range(3):
         if isinstance(obj, Mapping):
             inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-            if inner is not None and not any(k.endswith(("weight", "bias")) for k in obj):
+            weights = any(isinstance(k, str) and k.endswith(("weight", "bias")) for k in obj)
+            if inner is not None and not weights:
                 obj = inner
                 continue
         break
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"expected a state_dict (a mapping of tensors), got {type(obj).__name__}")
+        raise CheckpointError(
+            f"expected a state_dict (a mapping of tensors), got {type(obj).__name__}"
+        )
     return obj
 
 
@@ -132,17 +135,23 @@ def _normalise_keys(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Strips `module.`, maps the parametrization form of weight norm to weight_g/weight_v."""
     out = {}
     for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"state_dict keys must be strings, got {key!r}")
         k = key[len("module.") :] if key.startswith("module.") else key
         k = k.replace(".parametrizations.weight.original0", ".weight_g")
         k = k.replace(".parametrizations.weight.original1", ".weight_v")
-        out[k] = _as_numpy(value)
+        out[k] = _as_numpy(value, key)
     return out
 
 
-def _as_numpy(value: Any) -> np.ndarray:
+def _as_numpy(value: Any, key: str) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor; torch is only imported by its owner
         value = value.detach().cpu().float().numpy()
-    return np.asarray(value, dtype=np.float32)
+    try:
+        # A copy: numpy views of torch tensors would follow later in-place updates of the model.
+        return np.array(value, dtype=np.float32, copy=True)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{key}: not a tensor ({type(value).__name__})") from e
 
 
 def _infer_config(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -150,7 +159,8 @@ def _infer_config(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
     head = sd.get("head.0.weight_v", sd.get("head.0.weight"))
     tail = sd.get("tail.tail_k3.weight_v", sd.get("tail.tail_k3.weight"))
     if head is None or tail is None:
-        missing = [k for k, v in (("head.0.weight_v", head), ("tail.tail_k3.weight_v", tail)) if v is None]
+        named = (("head.0.weight_v", head), ("tail.tail_k3.weight_v", tail))
+        missing = [k for k, v in named if v is None]
         raise CheckpointError(f"not a MAFFSRN state_dict: missing {', '.join(missing)}")
     scale = int(round(np.sqrt(tail.shape[0] / 3)))
     if 3 * scale * scale != tail.shape[0]:
@@ -219,13 +229,23 @@ def torch_to_flax(state_dict: Mapping[str, Any], **overrides: Any) -> tuple[MAFF
     unexpected = sorted(set(sd) - used)
     problems = [
         _summarise(kind, items)
-        for kind, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped))
+        for kind, items in (
+            ("missing", missing), ("unexpected", unexpected), ("mis-shaped", mis_shaped)
+        )
         if items
     ]
     if problems:
         desc = ", ".join(f"{k}={v}" for k, v in config.items() if k in _MODEL_FIELDS)
         raise CheckpointError(f"state_dict does not fit MAFFSRN({desc}): " + "; ".join(problems))
     return model, {"params": traverse_util.unflatten_dict(params)}
+
+
+def _unpickler_reason(e: BaseException) -> str:
+    """The informative line of a torch.load failure (its messages carry paragraphs of advice)."""
+    text = str(e).strip()
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    line = detail.group(1) if detail else (text.splitlines()[0] if text else "")
+    return f"{type(e).__name__}: {line[:160]}" if line else type(e).__name__
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -241,9 +261,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         from safetensors.numpy import load_file
 
         try:
-            return _normalise_keys(load_file(str(p)))
+            tensors = load_file(str(p))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from e
+        return _normalise_keys(tensors)
     if suffix in (".pt", ".pth", ".bin", ".ckpt"):
         try:
             import torch
@@ -259,16 +280,19 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             # before it can run.
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            reason = re.search(r"(Unsupported global: [^\s]+|GLOBAL [^\s]+)", str(e))
-            raise CheckpointError(
-                f"{p}: refused to load: the pickle needs more than tensors "
-                f"({reason.group(1) if reason else detail[:120]}); only plain state_dicts are read"
-            ) from e
-        except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{p}: not a PyTorch checkpoint ({first})") from e
-        return _normalise_keys(_unwrap(obj))
+            refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            if refused:
+                raise CheckpointError(
+                    f"{p}: refused to load: the pickle calls {refused.group(1)}, not just "
+                    "tensors; only plain state_dicts are read"
+                ) from e
+            raise CheckpointError(f"{p}: not a PyTorch checkpoint ({_unpickler_reason(e)})") from e
+        except Exception as e:  # untrusted bytes can fail anywhere in the unpickler
+            raise CheckpointError(f"{p}: not a PyTorch checkpoint ({_unpickler_reason(e)})") from e
+        try:
+            return _normalise_keys(_unwrap(obj))
+        except CheckpointError as e:
+            raise CheckpointError(f"{p}: {e}") from e
     raise CheckpointError(
         f"{p}: not a checkpoint (expected an Orbax directory, a .pt/.pth or a .safetensors file)"
     )
@@ -291,10 +315,17 @@ def load_pretrained(
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{p}: bad model description in checkpoint ({e})") from e
         params = jax.tree_util.tree_map(np.asarray, state["params"])
-        # Check the tree against the architecture now rather than failing inside apply.
-        torch_to_flax(flax_to_torch(model, {"params": params}), **{**config, **overrides})
+        try:
+            # Check the tree against the architecture now rather than failing inside apply.
+            torch_to_flax(flax_to_torch(model, {"params": params}), **{**config, **overrides})
+        except CheckpointError as e:
+            raise CheckpointError(f"{p}: {e}") from e
         return model, {"params": params}
-    return torch_to_flax(load_state_dict(p), **overrides)
+    state_dict = load_state_dict(p)
+    try:
+        return torch_to_flax(state_dict, **overrides)
+    except CheckpointError as e:
+        raise CheckpointError(f"{p}: {e}") from e
 
 
 def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
@@ -322,7 +353,7 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLik
 
 
 def save_flax(model: MAFFSRN, variables: Mapping[str, Any], directory: str | os.PathLike) -> Path:
-    """Writes an Orbax checkpoint (step 0) that `load_pretrained` and train.py's `init_from` read."""
+    """Writes an Orbax checkpoint (step 0) for `load_pretrained` and train.py's `init_from`."""
     d = Path(directory)
     if d.exists() and (not d.is_dir() or any(d.iterdir())):
         raise CheckpointError(f"{d}: output directory exists and is not empty")

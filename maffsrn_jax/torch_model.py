@@ -13,9 +13,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maffsrn_jax.models import ESA_CONVS, FUSIONS, LEAKY_SLOPE
+__all__ = ["ESA_CONVS", "FUSIONS", "MAFFSRN", "WNConv2d"]
 
-__all__ = ["MAFFSRN", "WNConv2d"]
+# Restated from the facts sheet rather than imported from the Flax model: as the tests'
+# reference, this module must not inherit a mistake in the code it checks.
+LEAKY_SLOPE = 0.05
+FUSIONS = ("mbff", "bff", "hff")
+# (kernel, dilation) of the parallel ESA convs conv1, conv2[, conv3].
+ESA_CONVS: dict[str, tuple[tuple[int, int], ...]] = {
+    "3x3+dil3x3": ((3, 1), (3, 2)),
+    "3x3+3x3": ((3, 1), (3, 1)),
+    "3x3x3": ((3, 1), (3, 1), (3, 1)),
+    "3x3+5x5": ((3, 1), (5, 1)),
+    "5x5+3x3": ((5, 1), (3, 1)),
+}
 
 
 class WNConv2d(nn.Module):
@@ -26,7 +37,8 @@ class WNConv2d(nn.Module):
         conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2)
         self.padding = kernel_size // 2
         self.weight_v = nn.Parameter(conv.weight.detach().clone())
-        self.weight_g = nn.Parameter(self.weight_v.detach().flatten(1).norm(dim=1).view(-1, 1, 1, 1))
+        norm = self.weight_v.detach().flatten(1).norm(dim=1)
+        self.weight_g = nn.Parameter(norm.view(-1, 1, 1, 1))
         self.bias = nn.Parameter(conv.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
