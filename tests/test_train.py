@@ -95,13 +95,25 @@ def _steps(workdir: Path, key: str = "loss") -> list[int]:
     return [r["step"] for r in map(json.loads, lines) if key in r]
 
 
-def test_sigterm_then_resume_is_bit_identical(tmp_path, data_dir):
-    straight = tmp_path / "straight"
-    out = _run(_args(straight, data_dir))
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, data_dir) -> Path:
+    """A 6-step run that was never interrupted."""
+    workdir = tmp_path_factory.mktemp("straight")
+    out = _run(_args(workdir, data_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "over bicubic" in out.stdout
+    return workdir
+
+
+def test_a_run_writes_checkpoints_summaries_and_metrics(straight):
     assert sorted(int(p.name) for p in (straight / "checkpoints").iterdir()) == [3, 6]
-    assert (straight / "best").is_dir() and any((straight / "tensorboard").iterdir())
+    assert [int(p.name) for p in (straight / "best").iterdir()] in ([3], [6])
+    assert any((straight / "tensorboard").iterdir())
+    assert _steps(straight) == list(range(1, 7))
+    assert _steps(straight, "val_psnr") == [3, 6]
+
+
+def test_sigterm_then_resume_is_bit_identical(tmp_path, data_dir, straight):
 
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen(
@@ -248,18 +260,8 @@ def test_bad_configs_fail_with_one_line(tmp_path, data_dir, extra, devices, expe
     )
 
 
-def test_workdir_of_another_architecture_is_refused(tmp_path, data_dir):
-    w = tmp_path / "w"
-    out = _run(
-        _args(
-            w,
-            data_dir,
-            "--config.num_train_steps=1",
-            "--config.eval_every_steps=1",
-            "--config.checkpoint_every_steps=1",
-        )
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    out = _run(_args(w, data_dir, "--config.model.n_feats=16"))
+def test_workdir_of_another_architecture_is_refused(straight, data_dir):
+    out = _run(_args(straight, data_dir, "--config.model.n_feats=16"))
     assert out.returncode == 2
     assert "another architecture" in out.stderr and "Traceback" not in out.stderr
+    assert sorted(int(p.name) for p in (straight / "checkpoints").iterdir()) == [3, 6]
