@@ -437,6 +437,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # Orbax and absl are chatty at INFO; progress goes to the bar and metrics.jsonl.
     std_logging.getLogger("absl").setLevel(std_logging.WARNING)
+    std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)  # "no TPU" notes
     from maffsrn_jax.checkpoints import CheckpointError
     from maffsrn_jax.input_pipeline import DataError
 
