@@ -25,6 +25,8 @@ from maffsrn_jax import checkpoints, convert, torch_model
 from maffsrn_jax.checkpoints import CheckpointError
 from maffsrn_jax.models import MAFFSRN
 
+from .conftest import torch_reference
+
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 # The tensors here are tiny: torch's intra-op thread pool only spins on a shared machine.
@@ -32,20 +34,6 @@ torch.set_num_threads(1)
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-
-def torch_reference(scale: int = 2, n_ffgs: int = 1, seed: int = 0, **arch) -> torch.nn.Module:
-    """The PyTorch reference with its weight-norm gains and lambdas moved off their init."""
-    torch.manual_seed(seed)
-    net = torch_model.MAFFSRN(scale, n_ffgs=n_ffgs, **arch).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(".weight_g"):
-                p.mul_(torch.empty(p.shape).uniform_(0.5, 1.5, generator=gen))
-            elif name.endswith(".scale"):
-                p.copy_(torch.empty(p.shape).uniform_(0.25, 1.5, generator=gen))
-    return net
 
 
 def numpy_state_dict(net: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from maffsrn_jax import convert, ops, torch_model
 from maffsrn_jax.models import ESA_CONVS, MAFFSRN, MIN_INPUT_SIZE, Conv, count_params
 
+from .conftest import torch_reference
+
 TOL = 1e-5  # max abs, float32 on CPU
 DEFAULT_ESA = "3x3+dil3x3"
 # The tensors here are tiny: torch's intra-op thread pool only spins on a shared machine.
@@ -35,20 +37,6 @@ def torch_forward(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         y = net(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
     return y.numpy().transpose(0, 2, 3, 1)
-
-
-def torch_reference(scale: int, n_ffgs: int = 1, seed: int = 0, **arch) -> torch_model.MAFFSRN:
-    """The PyTorch reference with randomised gains (x U[0.5, 1.5]) and lambdas (U[0.25, 1.5])."""
-    torch.manual_seed(seed)
-    net = torch_model.MAFFSRN(scale, n_ffgs=n_ffgs, **arch).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith(".weight_g"):
-                p.mul_(torch.empty(p.shape).uniform_(0.5, 1.5, generator=gen))
-            elif name.endswith(".scale"):
-                p.copy_(torch.empty(p.shape).uniform_(0.25, 1.5, generator=gen))
-    return net
 
 
 def to_flax(net: torch_model.MAFFSRN, **arch) -> tuple[MAFFSRN, dict]:
