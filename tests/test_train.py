@@ -265,3 +265,22 @@ def test_workdir_of_another_architecture_is_refused(straight, data_dir):
     assert out.returncode == 2
     assert "another architecture" in out.stderr and "Traceback" not in out.stderr
     assert sorted(int(p.name) for p in (straight / "checkpoints").iterdir()) == [3, 6]
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint_usable(tmp_path, straight):
+    import shutil
+
+    from maffsrn_jax import checkpoints
+
+    work = tmp_path / "w"
+    shutil.copytree(straight / "checkpoints", work / "checkpoints")
+    # What a kill -9 during Orbax's save of step 9 leaves behind: an unfinished temp folder.
+    partial = work / "checkpoints" / "9.orbax-checkpoint-tmp-1795530000"
+    shutil.copytree(work / "checkpoints" / "6", partial)
+    for f in sorted(partial.rglob("*"))[::2]:
+        if f.is_file():
+            f.write_bytes(b"")
+    _, _, step = checkpoints.restore(work)
+    assert step == 6
+    a, b = _params(straight), _params(work)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
