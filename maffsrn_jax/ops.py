@@ -24,7 +24,7 @@ def _cubic_weights(t: float) -> np.ndarray:
     return np.array([far(t + 1), near(t), near(1 - t), far(2 - t)])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bicubic_phases(scale: int) -> tuple[tuple[int, tuple[float, ...]], ...]:
     """Per output phase i: (floor offset, 4 tap weights).
 
