@@ -13,6 +13,7 @@ is a renaming, not a guess.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -65,6 +66,11 @@ class Conv(nn.Module):
     separate parameters because that reparameterisation is what shapes training. The gain
     is stored as [1, 1, 1, features]: 4-D like PyTorch's `weight_g` [out, 1, 1, 1], so that
     AdamP projects it exactly as the reference optimizer does.
+
+    A 1x1 convolution also accepts a list of G inputs [N, H, W, C_in / G] standing for their
+    channel concatenation, or with `interleave=True` for `ops.channel_shuffle` of it (the
+    FFG fusions): the kernel's rows are regrouped instead, so the concatenated (and shuffled)
+    tensor is never written to memory.
     """
 
     features: int
@@ -77,9 +83,12 @@ class Conv(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array | Sequence[jax.Array], *, interleave: bool = False
+    ) -> jax.Array:
+        parts = list(x) if isinstance(x, list | tuple) else [x]
         k = self.kernel_size
-        in_features = x.shape[-1]
+        in_features = sum(p.shape[-1] for p in parts)
         fan_in = in_features // self.groups * k * k
         init = _torch_uniform(1.0 / math.sqrt(fan_in))
         kernel = self.param("kernel", init, (k, k, in_features // self.groups, self.features))
@@ -89,16 +98,99 @@ class Conv(nn.Module):
             kernel = kernel * (gain / _channel_norm(kernel))
         bias = self.param("bias", init, (self.features,))
         pad = self.dilation * (k - 1) // 2 if self.padding is None else self.padding
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            window_strides=(self.stride, self.stride),
-            padding=((pad, pad), (pad, pad)),
-            rhs_dilation=(self.dilation, self.dilation),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=self.groups,
-        )
+        kernel = kernel.astype(self.dtype)
+        pointwise = k == 1 and self.stride == 1 and self.groups == 1 and pad == 0
+        if len(parts) > 1 or interleave:
+            if not pointwise:
+                raise ValueError(f"only a 1x1 Conv takes a list of inputs ({self.name})")
+            y = _pointwise_concat([p.astype(self.dtype) for p in parts], kernel, interleave)
+        elif pointwise:
+            y = _pointwise_concat([parts[0].astype(self.dtype)], kernel, False)
+        elif (
+            self.groups == in_features == self.features
+            and self.stride == 1
+            and 2 * pad == self.dilation * (k - 1)
+        ):
+            y = _depthwise(parts[0].astype(self.dtype), kernel, pad, self.dilation)
+        else:
+            y = jax.lax.conv_general_dilated(
+                parts[0].astype(self.dtype),
+                kernel,
+                window_strides=(self.stride, self.stride),
+                padding=((pad, pad), (pad, pad)),
+                rhs_dilation=(self.dilation, self.dilation),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=self.groups,
+            )
         return y + bias.astype(self.dtype)
+
+
+def _pointwise_concat(parts: list[jax.Array], kernel: jax.Array, interleave: bool) -> jax.Array:
+    """1x1 convolution of the channel concatenation of G parts [N, H, W, C] -> [N, H, W, O].
+
+    Computed as sum_g parts[g] @ rows_g(kernel), one matmul per part: XLA:CPU runs these
+    faster than a 1x1 convolution, and the concatenation is never materialised. With
+    `interleave` the input is channel_shuffle(concat(parts), G), whose channel k is channel
+    k // G of part k % G, so part g meets kernel rows g, g + G, g + 2G, ...
+    """
+    w = kernel[0, 0]  # [G * C, O]
+    g, c = len(parts), parts[0].shape[-1]
+    rows = [w[i::g] if interleave else w[i * c : (i + 1) * c] for i in range(g)]
+    terms = [jnp.einsum("nhwi,io->nhwo", p, r) for p, r in zip(parts, rows, strict=True)]
+    return functools.reduce(jnp.add, terms)
+
+
+def _shifted_sum(x: jax.Array, kernel: jax.Array, pad: int, dilation: int) -> jax.Array:
+    """sum over taps (i, j) of shift(x, i, j) * kernel[i, j, 0]: [N, H, W, C] -> [N, H', W', C]."""
+    k = kernel.shape[0]
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    h = xp.shape[1] - dilation * (k - 1)
+    w = xp.shape[2] - dilation * (k - 1)
+    taps = [
+        xp[:, i * dilation : i * dilation + h, j * dilation : j * dilation + w] * kernel[i, j, 0]
+        for i in range(k)
+        for j in range(k)
+    ]
+    return functools.reduce(jnp.add, taps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise(x: jax.Array, kernel: jax.Array, pad: int, dilation: int) -> jax.Array:
+    """'Same' depthwise convolution [N, H, W, C] x [k, k, 1, C] -> [N, H, W, C].
+
+    XLA:CPU runs a convolution with one group per channel through a slow generic loop (~40x
+    slower than this on the MAB's 5x5, forward and backward). The k*k shifted multiply-adds
+    fuse into one elementwise loop instead. The gradient is written by hand: left to
+    autodiff, every shifted slice would be kept for the kernel gradient and copied.
+    """
+    return _shifted_sum(x, kernel, pad, dilation)
+
+
+def _depthwise_fwd(x, kernel, pad, dilation):
+    return _shifted_sum(x, kernel, pad, dilation), (x, kernel)
+
+
+def _depthwise_bwd(pad, dilation, residuals, g):
+    x, kernel = residuals
+    k, c = kernel.shape[0], kernel.shape[-1]
+    # d/dx: the same 'same' convolution with the kernel flipped.
+    dx = _shifted_sum(g, kernel[::-1, ::-1], pad, dilation)
+    # d/dkernel[i, j, c] = sum over n, h, w of shift(x, i, j) * g, per channel. A loop keeps
+    # one shifted view alive at a time instead of k*k of them.
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
+
+    def tap(t, dk):
+        start = (0, (t // k) * dilation, (t % k) * dilation, 0)
+        window = jax.lax.dynamic_slice(xp, start, g.shape)
+        prod = window.astype(acc_dtype) * g.astype(acc_dtype)
+        return dk.at[t].set(jnp.sum(prod, axis=(0, 1, 2)))
+
+    dk = jax.lax.fori_loop(0, k * k, tap, jnp.zeros((k * k, c), acc_dtype))
+    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def _channel_norm(kernel: jax.Array) -> jax.Array:
@@ -200,11 +292,11 @@ class FFG(nn.Module):
         counter = iter(range(1, 2 * self.n_mabs))
 
         def fuse(parts: list[jax.Array], name: str | None = None) -> jax.Array:
-            y = jnp.concatenate(parts, axis=-1)
-            if self.channel_shuffle:
-                y = ops.channel_shuffle(y, len(parts))
+            # 1x1 conv of channel_shuffle(concat(parts)); Conv takes the parts directly and
+            # regroups its kernel rows rather than materialising the shuffled concatenation.
             name = name or f"reduction{next(counter)}"
-            return Conv(self.n_feats, 1, weight_norm=True, dtype=self.dtype, name=name)(y)
+            conv = Conv(self.n_feats, 1, weight_norm=True, dtype=self.dtype, name=name)
+            return conv(parts, interleave=self.channel_shuffle)
 
         if self.fusion == "mbff":
             r = feats[0]
