@@ -5,6 +5,8 @@
     python -m maffsrn_jax.profile --config configs/maffsrn_l_x4.py --output-size 720x1280
     python -m maffsrn_jax.profile --checkpoint model.pt --train --json out.json
     python -m maffsrn_jax.profile --scale 4 --trace /tmp/trace --dump-hlo /tmp/hlo
+    python -m maffsrn_jax.profile --scale 4 \
+        --xla-option xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT
 
 Reports (and writes with `--json`):
   params             parameter scalars (weight-norm gain and direction both count, as PyTorch)
@@ -18,6 +20,10 @@ Reports (and writes with `--json`):
   latency_ms         median wall time of one forward after warm-up (`train_step_ms` with
                      `--train`: one L1 + AdamP step, state donated)
   device             the JAX device the program ran on
+
+`--xla-option KEY=VALUE` (repeatable) compiles the profiled program with that XLA option; the
+example above runs XLA:CPU's convolutions on its multi-threaded Eigen kernels instead of
+YNNPACK's, which this jaxlib runs on one thread (faster when cores are free).
 
 Sizes are HxW. `--output-size` gives the HR size; the LR input is HR // scale per side, as the
 official counts do (x3 at 720x1280 -> 240x426). Without a size the input is 256x256 (48x48
@@ -54,6 +60,7 @@ __all__ = [
     "param_count",
     "make_train_step",
     "profile_model",
+    "parse_xla_options",
     "main",
 ]
 
@@ -181,6 +188,7 @@ def profile_model(
     repeats: int = 10,
     trace_dir: str | os.PathLike | None = None,
     hlo_dir: str | os.PathLike | None = None,
+    compiler_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Profiles inference (or one train step) of `model` on an NHWC `input_shape`.
 
@@ -188,6 +196,7 @@ def profile_model(
     `repeats` 0 skips the timing (latency reported as None). Returns the report dict of the
     module docstring; `trace_dir` gets a `jax.profiler` trace of `min(repeats, 3)` (at least
     one) further runs, `hlo_dir` the lowered StableHLO and the optimised HLO.
+    `compiler_options` are XLA options for this program only (see `parse_xla_options`).
     """
     n, h, w, _ = input_shape
     if min(h, w) < MIN_INPUT_SIZE:
@@ -212,21 +221,29 @@ def profile_model(
         init_state, step = make_train_step(model)
         state = jax.jit(init_state)(params)
         batch = jax.device_put(random_batch(n, (h, w), model.scale))
-        jitted = jax.jit(step, donate_argnums=0)
+        jitted = jax.jit(step, donate_argnums=0, compiler_options=compiler_options)
         args: tuple[Any, ...] = (state, batch)
     else:
         x = jax.device_put(np.random.default_rng(0).random((n, h, w, 3), dtype=np.float32))
-        jitted = jax.jit(model.apply)
+        jitted = jax.jit(model.apply, compiler_options=compiler_options)
         args = ({"params": params}, x)
 
     start = time.perf_counter()
     lowered = jitted.lower(*args)
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        if not compiler_options:
+            raise
+        first = str(e).strip().splitlines()[0]
+        raise ProfileError(f"XLA rejected the compiler options {compiler_options}: {first}") from e
     report["compile_s"] = round(time.perf_counter() - start, 3)
     cost = _cost(compiled)
     report["flops"] = cost.get("flops")
     report["bytes_accessed"] = cost.get("bytes accessed")
     report["peak_memory_bytes"] = _peak_memory(compiled)
+    if compiler_options:
+        report["compiler_options"] = dict(compiler_options)
 
     if hlo_dir is not None:
         stem = "train_step" if train else "forward"
@@ -252,9 +269,16 @@ def profile_model(
         with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
             for _ in range(max(1, min(repeats, 3))):
                 jax.block_until_ready(run())
-    device = jax.devices()[0]
-    report["device"] = f"{device.platform}:{device.device_kind} ({jax.device_count()} device(s))"
+    report["device"] = describe_device()
     return report
+
+
+def describe_device() -> str:
+    """'cpu (2 cores)' or e.g. 'gpu: NVIDIA H100 80GB HBM3 (x1)', for reports."""
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return f"cpu ({os.cpu_count()} cores)"
+    return f"{device.platform}: {device.device_kind} (x{jax.device_count()})"
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -269,6 +293,29 @@ def parse_size(text: str, flag: str) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise ProfileError(f"{flag} {text!r}: sizes must be positive")
     return h, w
+
+
+def parse_xla_options(items: Sequence[str]) -> dict[str, Any]:
+    """['KEY=VALUE', ...] -> XLA compiler options for one jitted program.
+
+    They apply to the profiled program only (`jax.jit(..., compiler_options=...)`), unlike
+    the process-wide XLA_FLAGS. Integers and true/false are converted; enum values are given
+    by name. Example, XLA:CPU convolutions on Eigen's multi-threaded kernels instead of
+    YNNPACK's single-threaded ones:
+    xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ProfileError(f"--xla-option {item!r}: expected KEY=VALUE")
+        v: Any = value
+        if value.lower() in ("true", "false"):
+            v = value.lower() == "true"
+        elif value.lstrip("-").isdigit():
+            v = int(value)
+        options[key.strip()] = v
+    return options
 
 
 def load_config_model(path: str) -> dict[str, Any]:
@@ -404,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, metavar="DIR", help="write a jax.profiler trace")
     p.add_argument("--dump-hlo", default=None, metavar="DIR", help="write StableHLO and HLO")
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
+    p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="XLA compiler option for the profiled program (repeatable)")
     return p
 
 
@@ -424,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
             trace_dir=args.trace,
             hlo_dir=args.dump_hlo,
+            compiler_options=parse_xla_options(args.xla_option) or None,
         )
     except (_ArgumentError, ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)

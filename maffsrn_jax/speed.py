@@ -2,6 +2,8 @@
 
     python -m maffsrn_jax.speed                      # both benchmarks, table on stdout
     python -m maffsrn_jax.speed --only inference --repeats 20 --json speed.json
+    python -m maffsrn_jax.speed \
+        --xla-option xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT
 
 Benchmarks (the issue's settings):
   inference   x4 MAFFSRN on one 256x256 LR image (the AIM 2020 setting); PyTorch in eval
@@ -40,7 +42,10 @@ import numpy as np
 from maffsrn_jax import convert
 from maffsrn_jax.profile import (
     TRAIN_LEARNING_RATE,
+    ProfileError,
+    describe_device,
     make_train_step,
+    parse_xla_options,
     random_batch,
     write_text_atomic,
 )
@@ -48,6 +53,9 @@ from maffsrn_jax.profile import (
 BENCHMARKS = ("inference", "train")
 INFERENCE = {"scale": 4, "batch": 1, "size": (256, 256)}
 TRAIN = {"scale": 2, "batch": 16, "size": (48, 48)}
+
+Pair = tuple[Callable[[], Any], Callable[[], Any], float]  # (jax_run, torch_run, agreement)
+Options = dict[str, Any] | None
 
 
 class SpeedError(ValueError):
@@ -62,7 +70,7 @@ def _torch():
     return torch
 
 
-def inference_pair(seed: int = 0) -> tuple[Callable[[], Any], Callable[[], Any], float]:
+def inference_pair(seed: int = 0, compiler_options: Options = None) -> Pair:
     """(jax_run, torch_run, max |JAX - PyTorch| of the outputs) for the inference benchmark."""
     torch = _torch()
     from maffsrn_jax import torch_model
@@ -75,7 +83,7 @@ def inference_pair(seed: int = 0) -> tuple[Callable[[], Any], Callable[[], Any],
     x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     x_jax = jax.device_put(x)
     variables = jax.device_put(variables)
-    forward = jax.jit(model.apply)
+    forward = jax.jit(model.apply, compiler_options=compiler_options)
 
     def jax_run():
         return forward(variables, x_jax).block_until_ready()
@@ -88,7 +96,7 @@ def inference_pair(seed: int = 0) -> tuple[Callable[[], Any], Callable[[], Any],
     return jax_run, torch_run, float(diff)
 
 
-def train_pair(seed: int = 0) -> tuple[Callable[[], Any], Callable[[], Any], float]:
+def train_pair(seed: int = 0, compiler_options: Options = None) -> Pair:
     """(jax_run, torch_run, |loss difference| of the first step) for the train benchmark."""
     torch = _torch()
     try:
@@ -108,7 +116,7 @@ def train_pair(seed: int = 0) -> tuple[Callable[[], Any], Callable[[], Any], flo
     init_state, step = make_train_step(model)
     holder = {"state": jax.jit(init_state)(jax.device_put(variables["params"]))}
     batch_jax = jax.device_put(batch)
-    jitted = jax.jit(step, donate_argnums=0)
+    jitted = jax.jit(step, donate_argnums=0, compiler_options=compiler_options)
 
     def jax_run():
         holder["state"], metrics = jitted(holder["state"], batch_jax)
@@ -165,16 +173,23 @@ def alternate(
 
 
 def run_benchmarks(
-    only: tuple[str, ...] = BENCHMARKS, repeats: int = 10, warmup: int = 2, pause: float = 0.2
+    only: tuple[str, ...] = BENCHMARKS,
+    repeats: int = 10,
+    warmup: int = 2,
+    pause: float = 0.2,
+    compiler_options: Options = None,
 ) -> dict[str, Any]:
-    """Runs the selected benchmarks; returns {name: timings + setting, ..., 'environment'}."""
+    """Runs the selected benchmarks; returns {name: timings + setting, ..., 'environment'}.
+
+    `compiler_options` go to XLA for the JAX programs only (`profile.parse_xla_options`).
+    """
     torch = _torch()
     torch.set_num_threads(os.cpu_count() or 1)
     results: dict[str, Any] = {}
     settings = {"inference": INFERENCE, "train": TRAIN}
     for name in only:
         pair = inference_pair if name == "inference" else train_pair
-        jax_run, torch_run, diff = pair()
+        jax_run, torch_run, diff = pair(compiler_options=compiler_options)
         result = alternate(jax_run, torch_run, repeats, warmup, pause)
         setting = settings[name]
         results[name] = {
@@ -182,15 +197,15 @@ def run_benchmarks(
             "agreement": diff,
             **result,
         }
-    device = jax.devices()[0]
     results["environment"] = {
         "jax": jax.__version__,
         "torch": torch.__version__,
-        "device": f"{device.platform}:{device.device_kind}",
+        "device": describe_device(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "pause_s": pause,
         "jax_dtype": jnp.dtype(jnp.float32).name,
+        "xla_compiler_options": dict(compiler_options or {}),
     }
     return results
 
@@ -215,9 +230,10 @@ def format_table(results: dict[str, Any]) -> str:
         )
     env = results["environment"]
     rows.append(
-        f"\n{env['device']}, {env['cpu_count']} cores, torch threads {env['torch_threads']}, "
+        f"\n{env['device']}, torch threads {env['torch_threads']}, "
         f"jax {env['jax']}, torch {env['torch']}, {results[next(iter(results))]['repeats']} "
         f"alternating repeats, {env['pause_s']} s pause"
+        + (f", XLA options {env['xla_compiler_options']}" if env["xla_compiler_options"] else "")
     )
     return "\n".join(rows)
 
@@ -242,13 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per side")
     p.add_argument("--pause", type=float, default=0.2, help="seconds of sleep before each run")
     p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
+    p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="XLA compiler option for the JAX programs (repeatable)")
     try:
         args = p.parse_args(argv)
         if args.repeats < 1 or args.warmup < 0 or args.pause < 0:
             raise SpeedError("--repeats must be >= 1, --warmup and --pause >= 0")
         only = (args.only,) if args.only else BENCHMARKS
-        results = run_benchmarks(only, args.repeats, args.warmup, args.pause)
-    except (_ArgumentError, SpeedError) as e:
+        options = parse_xla_options(args.xla_option) or None
+        results = run_benchmarks(only, args.repeats, args.warmup, args.pause, options)
+    except (_ArgumentError, SpeedError, ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(results))

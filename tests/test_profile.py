@@ -1,70 +1,241 @@
-"""`python -m maffsrn_jax.profile`: the official sizes, the JSON report, traces, bad flags.
-Timing is never asserted here; `python -m maffsrn_jax.speed` measures it."""
+"""maffsrn_jax.profile (sizes against the official numbers, the CLI's report) and speed's harness.
+
+Counts use abstract evaluation only; the two CLI runs compile a 1-FFG, 2-MAB model on 13x13.
+Timing is never asserted.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from maffsrn_jax import profile
+from maffsrn_jax import profile, speed
 from maffsrn_jax.models import MAFFSRN
 
-from .conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
+
+# Facts sheet, section 3 (measured on the official code).
+OFFICIAL_PARAMS = {
+    (4, 2): 402_394, (4, 3): 418_774, (4, 4): 441_706,
+    (8, 2): 790_754, (8, 3): 807_134, (8, 4): 830_066,
+}
+# Conv multiply-adds in G for a 1280x720 HR output (LR = HR // scale per side).
+OFFICIAL_MACS_720P = {
+    (4, 2): 86.1, (4, 3): 39.9, (4, 4): 23.8,
+    (8, 2): 168.9, (8, 3): 76.6, (8, 4): 44.5,
+}
 
 
-@pytest.mark.parametrize(
-    ("scale", "n_ffgs", "lr_hw", "giga_macs"),
-    [
-        (4, 4, (256, 256), 27.05),  # AIM 2020 setting
-        (2, 4, (360, 640), 86.1),  # 1280x720 HR output
-        (3, 4, (240, 426), 39.9),
-        (4, 4, (180, 320), 23.8),
-        (2, 8, (360, 640), 168.9),  # MAFFSRN-L
-        (3, 8, (240, 426), 76.6),
-        (4, 8, (180, 320), 44.5),
-    ],
-)
-def test_macs_match_the_official_counts(scale, n_ffgs, lr_hw, giga_macs):
-    macs = profile.conv_macs(MAFFSRN(scale=scale, n_ffgs=n_ffgs), (1, *lr_hw, 3))
-    assert round(macs / 1e9, 2 if giga_macs == 27.05 else 1) == giga_macs
+@pytest.mark.parametrize("n_ffgs, scale", sorted(OFFICIAL_PARAMS))
+def test_param_count_matches_official(n_ffgs, scale):
+    assert profile.param_count(MAFFSRN(scale, n_ffgs=n_ffgs)) == OFFICIAL_PARAMS[n_ffgs, scale]
 
 
-def test_params_match_the_official_count():
-    assert profile.param_count(MAFFSRN(scale=4)) == 441_706
-    assert profile.param_count(MAFFSRN(scale=4, n_ffgs=8)) == 830_066
+def test_macs_x4_256_matches_aim2020():
+    macs = profile.conv_macs(MAFFSRN(4), (1, 256, 256, 3))
+    assert round(macs / 1e9, 2) == 27.05
 
 
-def test_json_report_and_trace(tmp_path):
-    out, trace = tmp_path / "report.json", tmp_path / "trace"
-    rc = profile.main(["--scale", "2", "--n-ffgs", "1", "--input-size", "16x20", "--repeats", "1",
-                       "--warmup", "0", "--json", str(out), "--trace", str(trace)])
-    assert rc == 0
+@pytest.mark.parametrize("n_ffgs, scale", sorted(OFFICIAL_MACS_720P))
+def test_macs_720p_match_official(n_ffgs, scale):
+    shape = (1, 720 // scale, 1280 // scale, 3)
+    macs = profile.conv_macs(MAFFSRN(scale, n_ffgs=n_ffgs), shape)
+    assert round(macs / 1e9, 1) == OFFICIAL_MACS_720P[n_ffgs, scale]
+
+
+def _hand_counted_macs(scale: int, h: int, w: int, n_ffgs: int, n_mabs: int) -> int:
+    """The facts sheet's layer list, multiplied out by hand (n_feats 32, ESA width 8)."""
+    c, r = 32, 8
+    px = h * w
+    hs, ws = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # stride-2 3x3, padding 1
+    hp, wp = (hs - 7) // 3 + 1, (ws - 7) // 3 + 1  # 7x7 / 3 max pool, no padding
+    mab = (
+        px * 2 * 9 * c * c  # conv01, conv00
+        + px * c * r  # reduce_channels
+        + hs * ws * 9 * r * r  # reduce_spatial_size
+        + hp * wp * 2 * 9 * r * r  # conv1, conv2 (dilated)
+        + px * r * c  # increase_channels
+        + px * c * c  # bottom11
+        + px * 25 * c  # bottom11_dw (depthwise)
+    )
+    ffg = n_mabs * mab + (n_mabs - 1) * px * 2 * c * c  # M-BFF reductions, 64 -> 32
+    out = 3 * scale * scale
+    return px * 9 * 3 * c + n_ffgs * ffg + px * (9 + 25) * c * out
+
+
+@pytest.mark.parametrize("scale, h, w", [(2, 13, 13), (3, 20, 17), (4, 29, 40)])
+def test_macs_equal_a_hand_count_of_the_layers(scale, h, w):
+    model = MAFFSRN(scale, n_ffgs=2, n_mabs=3)
+    assert profile.conv_macs(model, (1, h, w, 3)) == _hand_counted_macs(scale, h, w, 2, 3)
+    # A batch multiplies the count.
+    assert profile.conv_macs(model, (3, h, w, 3)) == 3 * _hand_counted_macs(scale, h, w, 2, 3)
+
+
+def test_macs_follow_the_ablations():
+    shape = (1, 16, 16, 3)
+    full = profile.conv_macs(MAFFSRN(2, n_ffgs=1), shape)
+    no_cea = profile.conv_macs(MAFFSRN(2, n_ffgs=1, use_cea=False), shape)
+    assert full - no_cea == 4 * 16 * 16 * (32 * 32 + 25 * 32)
+    # HFF replaces three 64 -> 32 reductions by one 128 -> 32: 2 x 64 x 32 fewer per pixel.
+    hff = profile.conv_macs(MAFFSRN(2, n_ffgs=1, fusion="hff"), shape)
+    assert full - hff == 16 * 16 * (3 * 64 - 128) * 32
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+TINY_CONFIG = """
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(
+        dict(scale=2, n_ffgs=1, n_mabs=2, n_feats=32, fusion="mbff", use_cea=True,
+             channel_shuffle=True, esa_convs="3x3+dil3x3", dtype="float32")
+    )
+    return c
+"""
+
+KEYS = {
+    "params": int,
+    "macs": int,
+    "flops": float,
+    "bytes_accessed": float,
+    "peak_memory_bytes": int,
+    "compile_s": float,
+    "device": str,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("configs") / "tiny.py"
+    path.write_text(TINY_CONFIG)
+    return path
+
+
+def _check_report(report: dict, timing_key: str) -> None:
+    for key, kind in KEYS.items():
+        assert isinstance(report[key], kind), (key, report[key])
+    assert isinstance(report[timing_key], float) and report[timing_key] > 0
+    assert report["flops"] > 0 and report["bytes_accessed"] > 0 and report["peak_memory_bytes"] > 0
+
+
+def test_cli_inference_json_trace_and_hlo(tiny_config, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    trace, hlo = tmp_path / "trace", tmp_path / "hlo"
+    code = profile.main([
+        "--config", str(tiny_config), "--input-size", "13x15", "--batch-size", "2",
+        "--repeats", "1", "--warmup", "0", "--json", str(out),
+        "--trace", str(trace), "--dump-hlo", str(hlo),
+    ])
+    assert code == 0
     report = json.loads(out.read_text())
-    for key in ("params", "macs", "flops", "bytes_accessed", "peak_memory_bytes", "compile_s",
-                "latency_ms", "device"):
-        assert key in report, key
-    assert isinstance(report["params"], int) and report["params"] == profile.param_count(
-        MAFFSRN(scale=2, n_ffgs=1))
-    assert report["macs"] == profile.conv_macs(MAFFSRN(scale=2, n_ffgs=1), (1, 16, 20, 3))
-    assert report["flops"] > report["macs"] and report["peak_memory_bytes"] > 0
-    assert any(p.is_file() for p in trace.rglob("*"))
+    _check_report(report, "latency_ms")
+    assert "train_step_ms" not in report
+    assert report["input_shape"] == [2, 13, 15, 3]
+    model = MAFFSRN(2, n_ffgs=1, n_mabs=2)
+    assert report["params"] == profile.param_count(model)
+    assert report["macs"] == profile.conv_macs(model, (2, 13, 15, 3))
+    assert "macs" in capsys.readouterr().out
+    # A TensorBoard / Perfetto-readable trace and the two program texts.
+    assert list(trace.rglob("*.xplane.pb")), sorted(trace.rglob("*"))
+    assert list(trace.rglob("*.trace.json.gz"))
+    assert "stablehlo" in (hlo / "forward.stablehlo.mlir").read_text()
+    assert "ENTRY" in (hlo / "forward.optimized.hlo.txt").read_text()
+
+
+def test_cli_train_step_report(tiny_config, tmp_path):
+    out = tmp_path / "train.json"
+    code = profile.main([
+        "--config", str(tiny_config), "--train", "--input-size", "13x13", "--batch-size", "2",
+        "--repeats", "1", "--warmup", "0", "--json", str(out),
+    ])
+    assert code == 0
+    report = json.loads(out.read_text())
+    _check_report(report, "train_step_ms")
+    assert "latency_ms" not in report
+    assert report["mode"] == "train"
+    # The train step holds parameters, two Adam moments and the activations for backprop.
+    assert report["peak_memory_bytes"] > 3 * 4 * report["params"]
+
+
+def test_output_size_divides_by_the_scale():
+    parser = profile.build_parser()
+    args = parser.parse_args(["--scale", "3", "--output-size", "720x1280"])
+    assert profile._input_shape(args, 3) == (1, 240, 426, 3)
 
 
 @pytest.mark.parametrize(
-    "argv",
+    "argv, message",
     [
-        ["--input-size", "16x"],
-        ["--input-size", "16x16", "--dtype", "float8"],
-        ["--checkpoint", "/nonexistent/ckpt.pt", "--input-size", "16x16"],
-        ["--input-size", "16x16", "--batch-size", "0"],
+        (["--input-size", "256"], "--input-size"),
+        (["--input-size", "axb"], "--input-size"),
+        (["--input-size", "12x40"], "13x13"),
+        (["--scale", "4", "--output-size", "40x400"], "--output-size"),
+        (["--dtype", "float16"], "--dtype"),
+        (["--checkpoint", "/nonexistent/model.pt"], "no such file"),
+        (["--config", "/nonexistent/config.py"], "--config"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--scale", "0"], "scale"),
+        (["--no-such-flag"], "unrecognized"),
     ],
 )
-def test_bad_flags_give_one_line(argv):
-    out = subprocess.run([sys.executable, "-m", "maffsrn_jax.profile", *argv], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2
-    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), out.stderr
+def test_bad_flags_give_one_line_and_exit_2(argv, message, capsys):
+    assert profile.main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert captured.out == ""
+
+
+def test_config_and_checkpoint_together_are_refused(tiny_config, capsys):
+    assert profile.main(["--config", str(tiny_config), "--checkpoint", "x.pt"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_module_entry_point_reports_errors_without_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "maffsrn_jax.profile", "--input-size", "0x5"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
+
+
+# --- speed.py's harness (no frameworks involved) --------------------------------------------
+
+
+def test_alternate_runs_abba_and_reports_medians():
+    calls: list[str] = []
+
+    def fake(side, seconds):
+        def run():
+            calls.append(side)
+            time.sleep(seconds)
+
+        return run
+
+    result = speed.alternate(fake("jax", 0.005), fake("torch", 0.02), repeats=4, warmup=1, pause=0)
+    # Warm-up, then the order flips every repetition so drift hits both sides alike.
+    assert calls == ["jax", "torch"] + ["jax", "torch", "torch", "jax"] * 2
+    assert result["repeats"] == 4
+    assert len(result["jax_all_ms"]) == len(result["torch_all_ms"]) == 4
+    assert result["ratio"] == pytest.approx(result["jax_ms"] / result["torch_ms"], abs=2e-3)
+    assert result["ratio"] < 1  # the side that sleeps less is reported as faster
+    for side in ("jax", "torch"):
+        lo, hi = result[f"{side}_ms_range"]
+        assert lo <= result[f"{side}_ms"] <= hi
+
+
+@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--only", "everything"], ["--pause", "-1"]])
+def test_speed_bad_flags_give_one_line_and_exit_2(argv, capsys):
+    assert speed.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
