@@ -29,7 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from maffsrn_jax import convert, image_io
+from maffsrn_jax import convert, image_io, xla_options
 from maffsrn_jax.models import MIN_INPUT_SIZE
 
 UpscaleFn = Callable[[np.ndarray], np.ndarray]
@@ -63,7 +63,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _jitted_apply(model: Any) -> Callable[..., jax.Array]:
     # Flax modules hash by their fields, so equal models share one compiled function.
-    return jax.jit(model.apply)
+    return jax.jit(model.apply, compiler_options=xla_options.compiler_options())
 
 
 def model_fn(model: Any, variables: Any) -> UpscaleFn:

@@ -5,8 +5,7 @@
     python -m maffsrn_jax.profile --config configs/maffsrn_l_x4.py --output-size 720x1280
     python -m maffsrn_jax.profile --checkpoint model.pt --train --json out.json
     python -m maffsrn_jax.profile --scale 4 --trace /tmp/trace --dump-hlo /tmp/hlo
-    python -m maffsrn_jax.profile --scale 4 \
-        --xla-option xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT
+    python -m maffsrn_jax.profile --scale 4 --xla-defaults     # without the package's options
 
 Reports (and writes with `--json`):
   params             parameter scalars (weight-norm gain and direction both count, as PyTorch)
@@ -21,9 +20,9 @@ Reports (and writes with `--json`):
                      `--train`: one L1 + AdamP step, state donated)
   device             the JAX device the program ran on
 
-`--xla-option KEY=VALUE` (repeatable) compiles the profiled program with that XLA option; the
-example above runs XLA:CPU's convolutions on its multi-threaded Eigen kernels instead of
-YNNPACK's, which this jaxlib runs on one thread (faster when cores are free).
+Programs compile with the package's XLA options (`maffsrn_jax.xla_options`: on CPU, XLA's
+multi-threaded Eigen kernels instead of YNNPACK's single-threaded ones); `--xla-defaults`
+drops them, `--xla-option KEY=VALUE` (repeatable) adds or overrides one.
 
 Sizes are HxW. `--output-size` gives the HR size; the LR input is HR // scale per side, as the
 official counts do (x3 at 720x1280 -> 240x426). Without a size the input is 256x256 (48x48
@@ -49,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from maffsrn_jax import xla_options
 from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE, Conv, count_params
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -196,8 +196,10 @@ def profile_model(
     `repeats` 0 skips the timing (latency reported as None). Returns the report dict of the
     module docstring; `trace_dir` gets a `jax.profiler` trace of `min(repeats, 3)` (at least
     one) further runs, `hlo_dir` the lowered StableHLO and the optimised HLO.
-    `compiler_options` are XLA options for this program only (see `parse_xla_options`).
+    `compiler_options` are XLA options for this program only (see `parse_xla_options`); None
+    means the package's own (`xla_options.compiler_options()`), {} XLA's defaults.
     """
+    compiler_options = xla_options.resolve(compiler_options)
     n, h, w, _ = input_shape
     if min(h, w) < MIN_INPUT_SIZE:
         raise ProfileError(f"input {h}x{w} is under the {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} minimum")
@@ -242,8 +244,7 @@ def profile_model(
     report["flops"] = cost.get("flops")
     report["bytes_accessed"] = cost.get("bytes accessed")
     report["peak_memory_bytes"] = _peak_memory(compiled)
-    if compiler_options:
-        report["compiler_options"] = dict(compiler_options)
+    report["compiler_options"] = dict(compiler_options)
 
     if hlo_dir is not None:
         stem = "train_step" if train else "forward"
@@ -300,9 +301,7 @@ def parse_xla_options(items: Sequence[str]) -> dict[str, Any]:
 
     They apply to the profiled program only (`jax.jit(..., compiler_options=...)`), unlike
     the process-wide XLA_FLAGS. Integers and true/false are converted; enum values are given
-    by name. Example, XLA:CPU convolutions on Eigen's multi-threaded kernels instead of
-    YNNPACK's single-threaded ones:
-    xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT
+    by name, e.g. xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT.
     """
     options: dict[str, Any] = {}
     for item in items:
@@ -453,7 +452,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
     p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
                    help="XLA compiler option for the profiled program (repeatable)")
+    p.add_argument("--xla-defaults", action="store_true",
+                   help="start from XLA's defaults instead of maffsrn_jax.xla_options")
     return p
+
+
+def resolve_options(items: Sequence[str], xla_defaults: bool) -> dict[str, Any]:
+    """The package's compiler options (none with `xla_defaults`), updated by --xla-option."""
+    base = {} if xla_defaults else xla_options.compiler_options() or {}
+    return {**base, **parse_xla_options(items)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -473,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
             trace_dir=args.trace,
             hlo_dir=args.dump_hlo,
-            compiler_options=parse_xla_options(args.xla_option) or None,
+            compiler_options=resolve_options(args.xla_option, args.xla_defaults),
         )
     except (_ArgumentError, ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,8 +2,7 @@
 
     python -m maffsrn_jax.speed                      # both benchmarks, table on stdout
     python -m maffsrn_jax.speed --only inference --repeats 20 --json speed.json
-    python -m maffsrn_jax.speed \
-        --xla-option xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT
+    python -m maffsrn_jax.speed --xla-defaults       # JAX without the package's XLA options
 
 Benchmarks (the issue's settings):
   inference   x4 MAFFSRN on one 256x256 LR image (the AIM 2020 setting); PyTorch in eval
@@ -39,14 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maffsrn_jax import convert
+from maffsrn_jax import convert, xla_options
 from maffsrn_jax.profile import (
     TRAIN_LEARNING_RATE,
     ProfileError,
     describe_device,
     make_train_step,
-    parse_xla_options,
     random_batch,
+    resolve_options,
     write_text_atomic,
 )
 
@@ -83,7 +82,7 @@ def inference_pair(seed: int = 0, compiler_options: Options = None) -> Pair:
     x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     x_jax = jax.device_put(x)
     variables = jax.device_put(variables)
-    forward = jax.jit(model.apply, compiler_options=compiler_options)
+    forward = jax.jit(model.apply, compiler_options=xla_options.resolve(compiler_options))
 
     def jax_run():
         return forward(variables, x_jax).block_until_ready()
@@ -116,7 +115,7 @@ def train_pair(seed: int = 0, compiler_options: Options = None) -> Pair:
     init_state, step = make_train_step(model)
     holder = {"state": jax.jit(init_state)(jax.device_put(variables["params"]))}
     batch_jax = jax.device_put(batch)
-    jitted = jax.jit(step, donate_argnums=0, compiler_options=compiler_options)
+    jitted = jax.jit(step, donate_argnums=0, compiler_options=xla_options.resolve(compiler_options))
 
     def jax_run():
         holder["state"], metrics = jitted(holder["state"], batch_jax)
@@ -181,8 +180,10 @@ def run_benchmarks(
 ) -> dict[str, Any]:
     """Runs the selected benchmarks; returns {name: timings + setting, ..., 'environment'}.
 
-    `compiler_options` go to XLA for the JAX programs only (`profile.parse_xla_options`).
+    `compiler_options` go to XLA for the JAX programs only (`profile.parse_xla_options`);
+    None means the package's own (`xla_options.compiler_options()`), {} XLA's defaults.
     """
+    compiler_options = xla_options.resolve(compiler_options)
     torch = _torch()
     torch.set_num_threads(os.cpu_count() or 1)
     results: dict[str, Any] = {}
@@ -205,7 +206,7 @@ def run_benchmarks(
         "torch_threads": torch.get_num_threads(),
         "pause_s": pause,
         "jax_dtype": jnp.dtype(jnp.float32).name,
-        "xla_compiler_options": dict(compiler_options or {}),
+        "xla_compiler_options": compiler_options,
     }
     return results
 
@@ -260,12 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
                    help="XLA compiler option for the JAX programs (repeatable)")
+    p.add_argument("--xla-defaults", action="store_true",
+                   help="start from XLA's defaults instead of maffsrn_jax.xla_options")
     try:
         args = p.parse_args(argv)
         if args.repeats < 1 or args.warmup < 0 or args.pause < 0:
             raise SpeedError("--repeats must be >= 1, --warmup and --pause >= 0")
         only = (args.only,) if args.only else BENCHMARKS
-        options = parse_xla_options(args.xla_option) or None
+        options = resolve_options(args.xla_option, args.xla_defaults)
         results = run_benchmarks(only, args.repeats, args.warmup, args.pause, options)
     except (_ArgumentError, SpeedError, ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)

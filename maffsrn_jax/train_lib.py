@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from maffsrn_jax import xla_options
 from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE
 from maffsrn_jax.optim import adamp
 
@@ -139,9 +140,30 @@ def make_train_step(
     return train_step
 
 
-def make_p_train_step(model: MAFFSRN, tx: optax.GradientTransformation, schedule: optax.Schedule):
-    """The pmapped step: state replicated and donated, batch [local_devices, B_dev, ...]."""
-    return jax.pmap(make_train_step(model, tx, schedule), axis_name=AXIS, donate_argnums=(0,))
+def make_p_train_step(
+    model: MAFFSRN, tx: optax.GradientTransformation, schedule: optax.Schedule
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """The pmapped step: state replicated and donated, batch [local_devices, B_dev, ...].
+
+    Compiled with `xla_options.compiler_options()`, which `jax.pmap` does not take: the step
+    is lowered and compiled ahead of time, once per distinct set of argument shapes. Across
+    several processes an ahead-of-time pmap expects global shapes where callers hold local
+    ones, so multi-host runs compile with XLA's defaults.
+    """
+    pmapped = jax.pmap(make_train_step(model, tx, schedule), axis_name=AXIS, donate_argnums=(0,))
+    options = xla_options.compiler_options()
+    if not options or jax.process_count() > 1:
+        return pmapped
+    compiled: dict[Any, Any] = {}
+
+    def p_train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        leaves, treedef = jax.tree_util.tree_flatten((state, batch))
+        key = (treedef, tuple((np.shape(x), np.dtype(getattr(x, "dtype", type(x)))) for x in leaves))
+        if key not in compiled:
+            compiled[key] = pmapped.lower(state, batch).compile(compiler_options=options)
+        return compiled[key](state, batch)
+
+    return p_train_step
 
 
 def shard(batch: Mapping[str, np.ndarray], n_devices: int) -> dict[str, np.ndarray]:

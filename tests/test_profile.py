@@ -166,6 +166,25 @@ def test_cli_train_step_report(tiny_config, tmp_path):
     assert report["peak_memory_bytes"] > 3 * 4 * report["params"]
 
 
+def test_cli_reports_the_xla_options_it_compiled_with(tiny_config, tmp_path):
+    from maffsrn_jax import xla_options
+
+    base = ["--config", str(tiny_config), "--input-size", "13x13", "--repeats", "0"]
+    override = "xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+    cases = [
+        ([], xla_options.CPU_OPTIONS),
+        (["--xla-defaults"], {}),
+        (["--xla-option", override],
+         {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}),
+    ]
+    for i, (extra, expected) in enumerate(cases):
+        out = tmp_path / f"r{i}.json"
+        assert profile.main([*base, *extra, "--json", str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert report["compiler_options"] == expected
+        assert report["latency_ms"] is None
+
+
 def test_output_size_divides_by_the_scale():
     parser = profile.build_parser()
     args = parser.parse_args(["--scale", "3", "--output-size", "720x1280"])
@@ -185,6 +204,8 @@ def test_output_size_divides_by_the_scale():
         (["--batch-size", "0"], "--batch-size"),
         (["--scale", "0"], "scale"),
         (["--no-such-flag"], "unrecognized"),
+        (["--input-size", "13x13", "--xla-option", "xla_no_such_option=1"], "XLA rejected"),
+        (["--xla-option", "novalue"], "--xla-option"),
     ],
 )
 def test_bad_flags_give_one_line_and_exit_2(argv, message, capsys):

@@ -1,0 +1,47 @@
+"""XLA compiler options under which MAFFSRN compiles fastest, per backend.
+
+On CPU this jaxlib hands convolutions, dots and large reductions to YNNPACK, which runs a
+convolution on one thread, and rewrites a plain reduction over many pixels into a slow tree
+of reduce-windows. Switching the YNNPACK fusions off puts them on XLA's multi-threaded Eigen
+kernels instead. Measured with `python -m maffsrn_jax.speed` on a 2-core CPU: the x2 train
+step ~1.3x and x4 inference ~1.4x faster. (When other jobs hold the cores, the
+single-threaded kernels can win by a few percent; `--xla-defaults` in `profile` and `speed`
+compiles without these options to compare.)
+
+Every jit and pmap of the package compiles with `compiler_options()`; other backends get
+none.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+CPU_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def _cpu_supported() -> bool:
+    # A jaxlib that no longer knows the option would fail every compile; check once.
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(jnp.float32(0)).compile()
+    except Exception as e:  # any rejection means "compile without them"
+        logging.warning("XLA rejected %s (%s); compiling with its defaults", CPU_OPTIONS, e)
+        return False
+    return True
+
+
+def compiler_options() -> dict[str, Any] | None:
+    """The options for JAX's default backend, or None where XLA's own are best."""
+    if jax.default_backend() != "cpu" or not _cpu_supported():
+        return None
+    return dict(CPU_OPTIONS)
+
+
+def resolve(options: dict[str, Any] | None) -> dict[str, Any]:
+    """`options` as given; None stands for `compiler_options()` ({} means XLA's defaults)."""
+    return dict(compiler_options() or {}) if options is None else dict(options)

@@ -1,0 +1,70 @@
+"""maffsrn_jax.xla_options: which XLA options the package compiles with, and that they change
+speed only: the model, its gradients and the pmapped train step agree with XLA's defaults."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from maffsrn_jax import train_lib, xla_options
+from maffsrn_jax.models import MAFFSRN
+from maffsrn_jax.optim import adamp
+
+TINY = MAFFSRN(2, n_ffgs=1, n_mabs=2)
+
+
+def test_cpu_compiles_with_the_package_options():
+    assert jax.default_backend() == "cpu"
+    assert xla_options.compiler_options() == xla_options.CPU_OPTIONS
+    assert xla_options.resolve(None) == xla_options.CPU_OPTIONS
+    assert xla_options.resolve({}) == {}  # XLA's own defaults, on request
+    assert xla_options.resolve({"a": 1}) == {"a": 1}
+
+
+def test_forward_and_gradients_agree_with_xla_defaults():
+    x = jax.random.uniform(jax.random.key(1), (2, 14, 17, 3))
+    params = TINY.init(jax.random.key(0), x)["params"]
+
+    def loss(p):
+        return jnp.mean(jnp.abs(TINY.apply({"params": p}, x) - 0.5))
+
+    results = []
+    for options in (xla_options.compiler_options(), {}):
+        forward = jax.jit(lambda p: TINY.apply({"params": p}, x), compiler_options=options)
+        grad = jax.jit(jax.grad(loss), compiler_options=options)
+        results.append((forward(params), grad(params)))
+    (y1, g1), (y0, g0) = results
+    np.testing.assert_allclose(y1, y0, atol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g0), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
+def test_p_train_step_compiles_once_per_batch_shape_and_matches_plain_pmap():
+    schedule = optax.constant_schedule(1e-3)
+    tx = adamp(schedule)
+    params = TINY.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    rng = np.random.default_rng(0)
+
+    def batch(p):
+        return {
+            "lr": rng.integers(0, 256, (1, 2, p, p, 3), dtype=np.uint8),
+            "hr": rng.integers(0, 256, (1, 2, 2 * p, 2 * p, 3), dtype=np.uint8),
+        }
+
+    step = train_lib.make_p_train_step(TINY, tx, schedule)
+    plain = jax.pmap(train_lib.make_train_step(TINY, tx, schedule), axis_name=train_lib.AXIS)
+    state = train_lib.replicate(train_lib.create_train_state(params, tx))
+    reference = train_lib.replicate(train_lib.create_train_state(params, tx))
+    for b in (batch(16), batch(20), batch(16)):  # a new shape compiles, an old one is reused
+        state, metrics = step(state, b)
+        reference, ref_metrics = plain(reference, b)
+        np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
+    assert int(train_lib.unreplicate_to_host(state).step) == 3
+    for a, b in zip(
+        jax.tree_util.tree_leaves(train_lib.unreplicate_to_host(state).params),
+        jax.tree_util.tree_leaves(train_lib.unreplicate_to_host(reference).params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
