@@ -158,7 +158,8 @@ def make_p_train_step(
 
     def p_train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         leaves, treedef = jax.tree_util.tree_flatten((state, batch))
-        key = (treedef, tuple((np.shape(x), np.dtype(getattr(x, "dtype", type(x)))) for x in leaves))
+        avals = tuple((np.shape(x), np.dtype(getattr(x, "dtype", type(x)))) for x in leaves)
+        key = (treedef, avals)
         if key not in compiled:
             compiled[key] = pmapped.lower(state, batch).compile(compiler_options=options)
         return compiled[key](state, batch)
