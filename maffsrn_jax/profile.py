@@ -421,17 +421,27 @@ def _format(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class _ArgumentError(Exception):
-    pass
+class ArgumentError(Exception):
+    """A flag argparse rejected (reported as one line, exit status 2)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, without the usage block
-        raise _ArgumentError(message)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors raise `ArgumentError` instead of printing the usage block."""
+
+    def error(self, message: str):
+        raise ArgumentError(message)
+
+
+def add_xla_arguments(p: argparse.ArgumentParser) -> None:
+    """--xla-option / --xla-defaults, read back by `resolve_options`."""
+    p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="XLA compiler option for the JAX programs (repeatable)")
+    p.add_argument("--xla-defaults", action="store_true",
+                   help="start from XLA's defaults instead of maffsrn_jax.xla_options")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m maffsrn_jax.profile",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -450,10 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, metavar="DIR", help="write a jax.profiler trace")
     p.add_argument("--dump-hlo", default=None, metavar="DIR", help="write StableHLO and HLO")
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
-    p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="XLA compiler option for the profiled program (repeatable)")
-    p.add_argument("--xla-defaults", action="store_true",
-                   help="start from XLA's defaults instead of maffsrn_jax.xla_options")
+    add_xla_arguments(p)
     return p
 
 
@@ -482,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             hlo_dir=args.dump_hlo,
             compiler_options=resolve_options(args.xla_option, args.xla_defaults),
         )
-    except (_ArgumentError, ProfileError) as e:
+    except (ArgumentError, ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(_format(report))

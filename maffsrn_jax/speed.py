@@ -41,7 +41,10 @@ import numpy as np
 from maffsrn_jax import convert, xla_options
 from maffsrn_jax.profile import (
     TRAIN_LEARNING_RATE,
+    ArgumentError,
+    OneLineParser,
     ProfileError,
+    add_xla_arguments,
     describe_device,
     make_train_step,
     random_batch,
@@ -239,17 +242,8 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-class _ArgumentError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, without the usage block
-        raise _ArgumentError(message)
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(
+    p = OneLineParser(
         prog="python -m maffsrn_jax.speed",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -259,10 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per side")
     p.add_argument("--pause", type=float, default=0.2, help="seconds of sleep before each run")
     p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
-    p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="XLA compiler option for the JAX programs (repeatable)")
-    p.add_argument("--xla-defaults", action="store_true",
-                   help="start from XLA's defaults instead of maffsrn_jax.xla_options")
+    add_xla_arguments(p)
     try:
         args = p.parse_args(argv)
         if args.repeats < 1 or args.warmup < 0 or args.pause < 0:
@@ -270,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         only = (args.only,) if args.only else BENCHMARKS
         options = resolve_options(args.xla_option, args.xla_defaults)
         results = run_benchmarks(only, args.repeats, args.warmup, args.pause, options)
-    except (_ArgumentError, SpeedError, ProfileError) as e:
+    except (ArgumentError, SpeedError, ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(results))
