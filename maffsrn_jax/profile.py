@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_options(items: Sequence[str], xla_defaults: bool) -> dict[str, Any]:
     """The package's compiler options (none with `xla_defaults`), updated by --xla-option."""
-    base = {} if xla_defaults else xla_options.compiler_options() or {}
+    base = xla_options.resolve({} if xla_defaults else None)
     return {**base, **parse_xla_options(items)}
 
 
