@@ -277,6 +277,9 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from maffsrn_jax import xla_options  # imports JAX, which --help does not need
+
+    xla_options.keep_freed_memory()
     try:
         run(args)
     except (EvalError, image_io.ImageError) as e:

@@ -435,6 +435,9 @@ def _init_from(path: str, params):
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from maffsrn_jax import xla_options
+
+    xla_options.keep_freed_memory()  # before JAX starts its CPU threads
     # Orbax and absl are chatty at INFO; progress goes to the bar and metrics.jsonl.
     std_logging.getLogger("absl").setLevel(std_logging.WARNING)
     std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)  # "no TPU" notes

@@ -18,11 +18,17 @@ Reports (and writes with `--json`):
   compile_s          lowering + compilation time
   latency_ms         median wall time of one forward after warm-up (`train_step_ms` with
                      `--train`: one L1 + AdamP step, state donated)
+  page_faults_per_run  minor page faults of the process per timed run (getrusage; memory
+                     the allocator maps afresh each run faults in again)
   device             the JAX device the program ran on
+  malloc_keeps_freed_memory  whether `xla_options.keep_freed_memory` took effect (not with
+                     `--malloc-defaults`)
 
 Programs compile with the package's XLA options (`maffsrn_jax.xla_options`: on CPU, XLA's
 multi-threaded Eigen kernels instead of YNNPACK's single-threaded ones); `--xla-defaults`
-drops them, `--xla-option KEY=VALUE` (repeatable) adds or overrides one.
+drops them, `--xla-option KEY=VALUE` (repeatable) adds or overrides one. Like every entry
+point, the command first makes malloc keep freed memory (`xla_options.keep_freed_memory`);
+`--malloc-defaults` leaves glibc's defaults.
 
 Sizes are HxW. `--output-size` gives the HR size; the LR input is HR // scale per side, as the
 official counts do (x3 at 720x1280 -> 240x426). Without a size the input is 256x256 (48x48
@@ -155,15 +161,30 @@ def _peak_memory(compiled: Any) -> int | None:
     return int(total - getattr(mem, "alias_size_in_bytes", 0))
 
 
-def _time_runs(run: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+def minor_page_faults() -> int | None:
+    """Minor page faults of this process so far (getrusage), or None where unsupported."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _time_runs(
+    run: Callable[[], Any], warmup: int, repeats: int
+) -> tuple[list[float], float | None]:
+    """(wall seconds of each timed run, minor page faults per timed run or None)."""
     for _ in range(warmup):
         jax.block_until_ready(run())
     times = []
+    faults = minor_page_faults()
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(run())
         times.append(time.perf_counter() - start)
-    return times
+    after = minor_page_faults()
+    per_run = None if faults is None or after is None else (after - faults) / repeats
+    return times, per_run
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -263,9 +284,10 @@ def profile_model(
         def run():
             return compiled(*args)
 
-    times = _time_runs(run, warmup, repeats) if repeats > 0 else []
+    times, faults = _time_runs(run, warmup, repeats) if repeats > 0 else ([], None)
     latency = round(float(np.median(times)) * 1e3, 3) if times else None
     report["train_step_ms" if train else "latency_ms"] = latency
+    report["page_faults_per_run"] = None if faults is None else round(faults)
     if trace_dir is not None:
         with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
             for _ in range(max(1, min(repeats, 3))):
@@ -405,6 +427,7 @@ def _format(report: dict[str, Any]) -> str:
     mem = report["peak_memory_bytes"]
     timing = "train_step_ms" if "train_step_ms" in report else "latency_ms"
     t = report[timing]
+    faults = report.get("page_faults_per_run")
     lines = [
         f"model             MAFFSRN x{report['model']['scale']}, {report['model']['n_ffgs']} FFGs, "
         f"{report['model']['dtype']}, {report['mode']} on {report['input_shape']}",
@@ -416,6 +439,7 @@ def _format(report: dict[str, Any]) -> str:
         "(XLA: arguments + outputs + temporaries)",
         f"compile           {report['compile_s']:.2f} s",
         f"{timing:<17} {'n/a' if t is None else f'{t:.1f}'}",
+        f"page_faults       {'n/a' if faults is None else f'{faults:,}'} (minor, per timed run)",
         f"device            {report['device']}",
     ]
     return "\n".join(lines)
@@ -432,12 +456,22 @@ class OneLineParser(argparse.ArgumentParser):
         raise ArgumentError(message)
 
 
-def add_xla_arguments(p: argparse.ArgumentParser) -> None:
-    """--xla-option / --xla-defaults, read back by `resolve_options`."""
+def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """--xla-option / --xla-defaults (read back by `resolve_options`) and --malloc-defaults."""
     p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
                    help="XLA compiler option for the JAX programs (repeatable)")
     p.add_argument("--xla-defaults", action="store_true",
                    help="start from XLA's defaults instead of maffsrn_jax.xla_options")
+    p.add_argument("--malloc-defaults", action="store_true",
+                   help="leave glibc's malloc as it is (no xla_options.keep_freed_memory)")
+
+
+def setup_malloc(malloc_defaults: bool) -> bool:
+    """What every entry point does first: `keep_freed_memory()` unless --malloc-defaults.
+
+    Returns whether freed memory is kept (False with --malloc-defaults or off glibc).
+    """
+    return False if malloc_defaults else xla_options.keep_freed_memory()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -460,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, metavar="DIR", help="write a jax.profiler trace")
     p.add_argument("--dump-hlo", default=None, metavar="DIR", help="write StableHLO and HLO")
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
-    add_xla_arguments(p)
+    add_runtime_arguments(p)
     return p
 
 
@@ -474,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        kept = setup_malloc(args.malloc_defaults)
         if args.repeats < 0 or args.warmup < 0:
             raise ProfileError("--repeats and --warmup must be >= 0")
         model, params = _build_model(args)
@@ -489,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             hlo_dir=args.dump_hlo,
             compiler_options=resolve_options(args.xla_option, args.xla_defaults),
         )
+        report["malloc_keeps_freed_memory"] = kept
     except (ArgumentError, ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from maffsrn_jax import convert, image_io, inference, metrics
+from maffsrn_jax import convert, image_io, inference, metrics, xla_options
 from maffsrn_jax.imresize import imresize
 from maffsrn_jax.input_pipeline import IMAGE_EXTENSIONS
 
@@ -177,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    xla_options.keep_freed_memory()
     try:
         return run(args)
     except (UpscaleError, image_io.ImageError) as e:

@@ -1,7 +1,7 @@
 """maffsrn_jax.profile (sizes against the official numbers, the CLI's report) and speed's harness.
 
-Counts use abstract evaluation only; the two CLI runs compile a 1-FFG, 2-MAB model on 13x13.
-Timing is never asserted.
+Counts use abstract evaluation only; the CLI runs compile a 1-FFG, 2-MAB model on 13x13, the
+speed runs a 1-FFG model on 16x16 in its two worker processes. Timing is never asserted.
 """
 
 from __future__ import annotations
@@ -110,7 +110,11 @@ KEYS = {
     "peak_memory_bytes": int,
     "compile_s": float,
     "device": str,
+    "page_faults_per_run": int,
+    "malloc_keeps_freed_memory": bool,
 }
+# In-process CLI runs leave the test process's malloc as it is; a subprocess checks the default.
+MALLOC = "--malloc-defaults"
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +137,7 @@ def test_cli_inference_json_trace_and_hlo(tiny_config, tmp_path, capsys):
     code = profile.main([
         "--config", str(tiny_config), "--input-size", "13x15", "--batch-size", "2",
         "--repeats", "1", "--warmup", "0", "--json", str(out),
-        "--trace", str(trace), "--dump-hlo", str(hlo),
+        "--trace", str(trace), "--dump-hlo", str(hlo), MALLOC,
     ])
     assert code == 0
     report = json.loads(out.read_text())
@@ -155,11 +159,12 @@ def test_cli_train_step_report(tiny_config, tmp_path):
     out = tmp_path / "train.json"
     code = profile.main([
         "--config", str(tiny_config), "--train", "--input-size", "13x13", "--batch-size", "2",
-        "--repeats", "1", "--warmup", "0", "--json", str(out),
+        "--repeats", "1", "--warmup", "0", "--json", str(out), MALLOC,
     ])
     assert code == 0
     report = json.loads(out.read_text())
     _check_report(report, "train_step_ms")
+    assert report["malloc_keeps_freed_memory"] is False
     assert "latency_ms" not in report
     assert report["mode"] == "train"
     # The train step holds parameters, two Adam moments and the activations for backprop.
@@ -169,7 +174,7 @@ def test_cli_train_step_report(tiny_config, tmp_path):
 def test_cli_reports_the_xla_options_it_compiled_with(tiny_config, tmp_path):
     from maffsrn_jax import xla_options
 
-    base = ["--config", str(tiny_config), "--input-size", "13x13", "--repeats", "0"]
+    base = ["--config", str(tiny_config), "--input-size", "13x13", "--repeats", "0", MALLOC]
     override = "xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
     cases = [
         ([], xla_options.CPU_OPTIONS),
@@ -182,7 +187,7 @@ def test_cli_reports_the_xla_options_it_compiled_with(tiny_config, tmp_path):
         assert profile.main([*base, *extra, "--json", str(out)]) == 0
         report = json.loads(out.read_text())
         assert report["compiler_options"] == expected
-        assert report["latency_ms"] is None
+        assert report["latency_ms"] is None and report["page_faults_per_run"] is None
 
 
 def test_output_size_divides_by_the_scale():
@@ -260,3 +265,44 @@ def test_speed_bad_flags_give_one_line_and_exit_2(argv, capsys):
     assert speed.main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc (Linux) only")
+def test_module_entry_point_keeps_freed_memory(tiny_config, tmp_path):
+    out = tmp_path / "r.json"
+    subprocess.run(
+        [sys.executable, "-m", "maffsrn_jax.profile", "--config", str(tiny_config),
+         "--input-size", "13x13", "--repeats", "1", "--warmup", "0", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=True,
+    )
+    report = json.loads(out.read_text())
+    assert report["malloc_keeps_freed_memory"] is True
+    assert report["page_faults_per_run"] >= 0
+
+
+# --- speed.py with real workers (a tiny model; needs torch and adamp) -------------------------
+
+TINY_SETTING = {"scale": 2, "n_ffgs": 1, "batch": 1, "size": (16, 16)}
+
+
+def test_speed_runs_each_framework_in_its_own_worker():
+    pytest.importorskip("torch")
+    results = speed.run_benchmarks(
+        only=("inference",), repeats=1, warmup=0, pause=0, settings={"inference": TINY_SETTING}
+    )
+    r = results["inference"]
+    assert r["agreement"] < 1e-4  # the same weights and input on both sides
+    assert len(r["jax_all_ms"]) == len(r["torch_all_ms"]) == 1
+    env = results["environment"]
+    assert env["jax_malloc_keeps_freed_memory"] is sys.platform.startswith("linux")
+    assert env["torch_malloc_keeps_freed_memory"] is False  # glibc's defaults, as torch runs
+    assert env["device"].startswith("cpu") and env["torch_threads"] >= 1
+    assert "PyTorch no" in speed.format_table(results)
+
+
+def test_speed_worker_errors_become_one_line():
+    pytest.importorskip("torch")
+    too_small = {**TINY_SETTING, "size": (8, 8)}
+    with pytest.raises(speed.SpeedError, match=r"^jax worker: ValueError: input 8x8") as e:
+        speed.run_benchmarks(only=("inference",), repeats=1, settings={"inference": too_small})
+    assert "\n" not in str(e.value)

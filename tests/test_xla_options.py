@@ -1,18 +1,26 @@
 """maffsrn_jax.xla_options: which XLA options the package compiles with, and that they change
-speed only: the model, its gradients and the pmapped train step agree with XLA's defaults."""
+speed only: the model, its gradients and the pmapped train step agree with XLA's defaults;
+and that keep_freed_memory keeps freed memory mapped."""
 
 from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from maffsrn_jax import train_lib, xla_options
 from maffsrn_jax.models import MAFFSRN
 from maffsrn_jax.optim import adamp
 
 TINY = MAFFSRN(2, n_ffgs=1, n_mabs=2)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_cpu_compiles_with_the_package_options():
@@ -68,3 +76,43 @@ def test_p_train_step_compiles_once_per_batch_shape_and_matches_plain_pmap():
         strict=True,
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+_REUSE_SCRIPT = """
+import ctypes, resource, sys
+from maffsrn_jax import xla_options
+kept = xla_options.keep_freed_memory() if sys.argv[1] == "keep" else False
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = (ctypes.c_void_p,)
+size = 256 * 2**20
+def touch_once():
+    p = libc.malloc(size)
+    ctypes.memset(p, 1, size)  # every page faults in unless it stayed mapped
+    libc.free(p)
+touch_once()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+touch_once()
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="keep_freed_memory sets glibc's malloc options (Linux with glibc only)",
+)
+def test_keep_freed_memory_lets_a_freed_block_be_reused_without_page_faults():
+    # In a subprocess: the setting is process-wide and has to come before other threads.
+    def faults(mode: str) -> tuple[str, int]:
+        out = subprocess.run(
+            [sys.executable, "-c", _REUSE_SCRIPT, mode],
+            cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
+        ).stdout.split()
+        return out[0], int(out[1])
+
+    pages = 256 * 2**20 // 4096
+    kept, with_keep = faults("keep")
+    _, without = faults("default")
+    assert kept == "True"
+    assert without > pages // 2  # glibc unmapped the block on free; it faults in again
+    assert with_keep < pages // 50
