@@ -212,8 +212,8 @@ class Worker:
     def __call__(self) -> None:
         self._conn.send("run")
         reply = self._receive()
-        if reply[0] != "done":
-            raise SpeedError(f"the {self.side} worker failed")
+        if reply[0] != "done":  # ("error", one-line message, None)
+            raise SpeedError(reply[1])
         self.page_faults.append(reply[1])
 
     def close(self) -> None:
