@@ -52,6 +52,7 @@ from maffsrn_jax.profile import (
     minor_page_faults,
     random_batch,
     resolve_options,
+    setup_malloc,
     write_text_atomic,
 )
 
@@ -94,7 +95,12 @@ def _jax_run(name: str, setting: dict, weights: dict, seed: int, options: Option
 
     model, variables = convert.torch_to_flax(weights)
     options = xla_options.resolve(options)
-    env = {"jax": jax.__version__, "device": describe_device(), "xla_compiler_options": options}
+    env = {
+        "jax": jax.__version__,
+        "device": describe_device(),
+        "jax_dtype": "float32",  # the benchmarks' compute dtype
+        "xla_compiler_options": options,
+    }
     b, (h, w) = setting["batch"], setting["size"]
     if name == "inference":
         x = jax.device_put(np.random.default_rng(seed).random((b, h, w, 3), dtype=np.float32))
@@ -162,11 +168,9 @@ def _torch_run(name: str, setting: dict, weights: dict, seed: int, options: Opti
 
 def _serve(conn, side: str, keep_freed: bool, job: tuple) -> None:
     """A worker process: build one side's run, then run it on every 'run' message."""
-    from maffsrn_jax import xla_options
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    # First, before any framework starts threads (see keep_freed_memory).
-    kept = xla_options.keep_freed_memory() if keep_freed else False
+    # First, before any framework starts threads (see xla_options.keep_freed_memory).
+    kept = setup_malloc(malloc_defaults=not keep_freed)
     try:
         run, first, env = (_jax_run if side == "jax" else _torch_run)(*job)
         conn.send(("ready", first, {**env, f"{side}_malloc_keeps_freed_memory": kept}))

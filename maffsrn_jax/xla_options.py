@@ -4,10 +4,10 @@ On CPU this jaxlib hands convolutions, dots and large reductions to YNNPACK, whi
 convolution on one thread. Switching the YNNPACK fusions off puts them on XLA's
 multi-threaded Eigen kernels instead. (Without YNNPACK, XLA rewrites a plain sum over many
 pixels into a slow tree of reduce-windows; `models._sum_pixels` is why that does not bite.)
-Measured with `python -m maffsrn_jax.speed` (with and without
-`--xla-defaults`) on a 2-core CPU, relative to PyTorch in the same run: the x2 train step
-went from 1.25x to 0.96x, x4 inference from 0.81x to 0.62x. (When other jobs hold the
-cores, the single-threaded kernels can win by a few percent.)
+Measured with `python -m maffsrn_jax.speed` (with and without `--xla-defaults`; the version
+that still ran both frameworks in one process) on a 2-core CPU, relative to PyTorch in the
+same run: the x2 train step went from 1.25x to 0.96x, x4 inference from 0.81x to 0.62x.
+(When other jobs hold the cores, the single-threaded kernels can win by a few percent.)
 
 Every jit and pmap of the package compiles with `compiler_options()`; other backends get
 none.
@@ -66,9 +66,9 @@ def keep_freed_memory() -> bool:
     One arena, no per-allocation mmaps and no trimming (mallopt, the same as
     MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647): the process
     keeps its high-water mark of heap instead of returning it after each step, and the
-    ~250k page faults per x2 train step go to zero (`python -m maffsrn_jax.speed` reports
-    the faults of each side). On the 2-core CPU, in one process, the x2 train step went from
-    ~2.1 s to 1.4-1.7 s. Per-thread arenas are what it must avoid: glibc unmaps a thread heap as
+    ~250k page faults per x2 train step go to zero (`python -m maffsrn_jax.profile --train`
+    with and without `--malloc-defaults`, and `python -m maffsrn_jax.speed`, report them).
+    Per-thread arenas are what it must avoid: glibc unmaps a thread heap as
     soon as it empties, whatever the trim threshold. Call it before JAX starts its CPU
     client: a thread that has already picked a malloc arena keeps it. A no-op (False) off
     glibc.
@@ -81,5 +81,6 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    # musl and other libcs accept the call but ignore it (returning 0).
+    # musl and other libcs accept the call but ignore it (returning 0). A list, not a
+    # generator: every option is set even if an earlier one is refused.
     return all([mallopt(param, value) == 1 for param, value in _KEEP_FREED])
