@@ -206,17 +206,25 @@ def _depthwise_bwd(pad, dilation, residuals, g):
     k, c = kernel.shape[0], kernel.shape[-1]
     # d/dx: the same 'same' convolution with the kernel flipped.
     dx = _shifted_sum(g, kernel[::-1, ::-1], pad, dilation)
-    # d/dkernel[i, j, c] = sum over n, h, w of shift(x, i, j) * g, per channel. A loop keeps
-    # one shifted view alive at a time instead of k*k of them.
+    # d/dkernel[i, j, c] = sum over n, h, w of shift(x, i, j) * g, per channel. One image at a
+    # time: its padded input and gradient (~0.6 MB at 48x48x32) stay in cache for all k*k
+    # taps, where whole-batch windows would stream from memory k*k times (the x2 train step's
+    # kernel gradients took ~25% longer that way).
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
+    h, w = g.shape[1:3]
 
-    def tap(t, dk):
-        start = (0, (t // k) * dilation, (t % k) * dilation, 0)
-        window = jax.lax.dynamic_slice(xp, start, g.shape)
-        return dk.at[t].set(_sum_pixels(window.astype(acc_dtype) * g.astype(acc_dtype)))
+    def image(n, dk):
+        xn = jax.lax.dynamic_index_in_dim(xp, n, keepdims=False).astype(acc_dtype)
+        gn = jax.lax.dynamic_index_in_dim(g, n, keepdims=False).astype(acc_dtype)
+        taps = [
+            _sum_pixels(xn[i * dilation : i * dilation + h, j * dilation : j * dilation + w] * gn)
+            for i in range(k)
+            for j in range(k)
+        ]
+        return dk + jnp.stack(taps)
 
-    dk = jax.lax.fori_loop(0, k * k, tap, jnp.zeros((k * k, c), acc_dtype))
+    dk = jax.lax.fori_loop(0, g.shape[0], image, jnp.zeros((k * k, c), acc_dtype))
     return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
 
 

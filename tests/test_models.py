@@ -246,6 +246,32 @@ def test_plain_conv_matches_torch(kwargs):
     np.testing.assert_allclose(np.asarray(got), nhwc(conv(nchw(x))), rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("k, dilation", [(5, 1), (3, 2)], ids=["5x5", "dilated3x3"])
+def test_depthwise_gradients_match_torch(k, dilation):
+    # The depthwise conv has a hand-written VJP (per-image kernel gradient); check both
+    # gradients against torch autograd on a batch of several images.
+    c, pad = 8, dilation * (k - 1) // 2
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(c, c, k, padding=pad, dilation=dilation, groups=c)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 14, 13, c)).astype(np.float32)
+    g = rng.standard_normal((3, 14, 13, c)).astype(np.float32)
+    tx = nchw(x).requires_grad_(True)
+    conv(tx).backward(nchw(g))
+    want_dx, want_dk = nhwc(tx.grad), conv.weight.grad.numpy().transpose(2, 3, 1, 0)
+
+    params = {"kernel": conv.weight.detach().numpy().transpose(2, 3, 1, 0),
+              "bias": conv.bias.detach().numpy()}
+    module = Conv(c, k, dilation=dilation, groups=c)
+    _, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, jnp.asarray(x))
+    dparams, dx = vjp(jnp.asarray(g))
+    np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dparams["kernel"]), want_dk, rtol=0, atol=1e-3)
+    np.testing.assert_allclose(
+        np.asarray(dparams["bias"]), conv.bias.grad.numpy(), rtol=0, atol=1e-3
+    )
+
+
 # --- sizes ----------------------------------------------------------------------------------
 
 
