@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# XLA:CPU compiles are most of this suite's time, and many tests (and the train.py, eval.py
+# and profile processes they start, which inherit the environment) compile the same tiny
+# programs again. A persistent compilation cache private to this session compiles each once.
+# Set here, before any test imports jax; a cache the caller configured is left alone.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="maffsrn-jax-tests-xla-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def shared_dir() -> Path:
