@@ -208,8 +208,7 @@ def _depthwise_bwd(pad, dilation, residuals, g):
     dx = _shifted_sum(g, kernel[::-1, ::-1], pad, dilation)
     # d/dkernel[i, j, c] = sum over n, h, w of shift(x, i, j) * g, per channel. One image at a
     # time: its padded input and gradient (~0.6 MB at 48x48x32) stay in cache for all k*k
-    # taps, where whole-batch windows would stream from memory k*k times (the x2 train step's
-    # kernel gradients took ~25% longer that way).
+    # taps, where whole-batch windows would stream from memory k*k times.
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
     h, w = g.shape[1:3]
