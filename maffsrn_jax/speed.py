@@ -50,8 +50,8 @@ from maffsrn_jax.profile import (
     ProfileError,
     add_runtime_arguments,
     minor_page_faults,
+    parse_xla_options,
     random_batch,
-    resolve_options,
     setup_malloc,
     write_text_atomic,
 )
@@ -86,7 +86,9 @@ def initial_weights(setting: dict[str, Any], seed: int) -> dict[str, np.ndarray]
     return {k: v.numpy() for k, v in net.state_dict().items()}
 
 
-def _jax_run(name: str, setting: dict, weights: dict, seed: int, options: Options):
+def _jax_run(
+    name: str, setting: dict, weights: dict, seed: int, options: Options, overrides: dict
+):
     """(run, first output, environment) of the JAX side, in the JAX worker."""
     import jax
 
@@ -94,7 +96,7 @@ def _jax_run(name: str, setting: dict, weights: dict, seed: int, options: Option
     from maffsrn_jax.profile import describe_device, make_train_step
 
     model, variables = convert.torch_to_flax(weights)
-    options = xla_options.resolve(options)
+    options = {**xla_options.resolve(options), **overrides}
     env = {
         "jax": jax.__version__,
         "device": describe_device(),
@@ -124,7 +126,9 @@ def _jax_run(name: str, setting: dict, weights: dict, seed: int, options: Option
     return run, float(run()), env
 
 
-def _torch_run(name: str, setting: dict, weights: dict, seed: int, options: Options):
+def _torch_run(
+    name: str, setting: dict, weights: dict, seed: int, options: Options, overrides: dict
+):
     """(run, first output, environment) of the PyTorch side, in the PyTorch worker."""
     torch = _torch()
     from maffsrn_jax import torch_model
@@ -279,6 +283,7 @@ def run_benchmarks(
     warmup: int = 2,
     pause: float = 0.2,
     compiler_options: Options = None,
+    xla_overrides: dict[str, Any] | None = None,
     jax_keeps_freed_memory: bool = True,
     torch_keeps_freed_memory: bool = False,
     settings: dict[str, dict[str, Any]] | None = None,
@@ -287,9 +292,11 @@ def run_benchmarks(
     """Runs the selected benchmarks; returns {name: timings + setting, ..., 'environment'}.
 
     Each side runs in its own worker process (see the module docstring). `compiler_options`
-    go to XLA for the JAX programs (`profile.parse_xla_options`); None means the package's
-    own (`xla_options.compiler_options()`), {} XLA's defaults. `settings` replaces the
-    issue's settings ({'inference': INFERENCE, 'train': TRAIN}) per benchmark.
+    go to XLA for the JAX programs: None means the package's own
+    (`xla_options.compiler_options()`), {} XLA's defaults; `xla_overrides` (as from
+    `profile.parse_xla_options`) are added to them. The JAX worker resolves both, so this
+    process never starts a JAX client. `settings` replaces the issue's settings
+    ({'inference': INFERENCE, 'train': TRAIN}) per benchmark.
     """
     settings = {"inference": INFERENCE, "train": TRAIN, **(settings or {})}
     keep = {"jax": jax_keeps_freed_memory, "torch": torch_keeps_freed_memory}
@@ -297,7 +304,8 @@ def run_benchmarks(
     environment: dict[str, Any] = {"cpu_count": os.cpu_count(), "pause_s": pause}
     for name in only:
         setting = settings[name]
-        job = (name, setting, initial_weights(setting, seed), seed, compiler_options)
+        weights = initial_weights(setting, seed)
+        job = (name, setting, weights, seed, compiler_options, dict(xla_overrides or {}))
         workers: dict[str, Worker] = {}
         try:
             for side in SIDES:  # one at a time: compiling is not what is timed
@@ -376,13 +384,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.repeats < 1 or args.warmup < 0 or args.pause < 0:
             raise SpeedError("--repeats must be >= 1, --warmup and --pause >= 0")
         only = (args.only,) if args.only else BENCHMARKS
-        options = resolve_options(args.xla_option, args.xla_defaults)
         results = run_benchmarks(
             only,
             args.repeats,
             args.warmup,
             args.pause,
-            options,
+            {} if args.xla_defaults else None,
+            xla_overrides=parse_xla_options(args.xla_option),
             jax_keeps_freed_memory=not args.malloc_defaults,
             torch_keeps_freed_memory=args.torch_keeps_freed_memory,
         )

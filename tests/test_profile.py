@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from maffsrn_jax import profile, speed
+from maffsrn_jax import profile, speed, xla_options
 from maffsrn_jax.models import MAFFSRN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,7 +289,8 @@ TINY_SETTING = {"scale": 2, "n_ffgs": 1, "batch": 1, "size": (16, 16)}
 def test_speed_runs_each_framework_in_its_own_worker():
     pytest.importorskip("torch")
     results = speed.run_benchmarks(
-        only=("inference",), repeats=1, warmup=0, pause=0, settings={"inference": TINY_SETTING}
+        only=("inference",), repeats=1, warmup=0, pause=0, settings={"inference": TINY_SETTING},
+        xla_overrides={"xla_cpu_enable_fast_math": False},
     )
     r = results["inference"]
     assert r["agreement"] < 1e-4  # the same weights and input on both sides
@@ -299,6 +300,9 @@ def test_speed_runs_each_framework_in_its_own_worker():
     assert env["torch_malloc_keeps_freed_memory"] is False  # glibc's defaults, as torch runs
     assert env["device"].startswith("cpu") and env["torch_threads"] >= 1
     assert "PyTorch no" in speed.format_table(results)
+    # The worker resolved the package's options and added the override to them.
+    want = {**(xla_options.compiler_options() or {}), "xla_cpu_enable_fast_math": False}
+    assert env["xla_compiler_options"] == want
 
 
 def test_speed_worker_errors_become_one_line():
