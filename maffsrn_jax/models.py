@@ -110,6 +110,7 @@ class Conv(nn.Module):
             self.groups == in_features == self.features
             and self.stride == 1
             and 2 * pad == self.dilation * (k - 1)
+            and _shifted_depthwise()
         ):
             y = _depthwise(parts[0].astype(self.dtype), kernel, pad, self.dilation)
         else:
@@ -123,6 +124,16 @@ class Conv(nn.Module):
                 feature_group_count=self.groups,
             )
         return _add_bias(y, bias.astype(self.dtype))
+
+
+def _shifted_depthwise() -> bool:
+    """Whether depthwise convolutions run as `_depthwise` (shifted multiply-adds).
+
+    Only on XLA:CPU, whose convolution with one group per channel is a slow generic loop. GPU
+    backends hand it to cuDNN's depthwise kernels, and there `_depthwise`'s per-image kernel
+    gradient would be a serial loop of small kernels.
+    """
+    return jax.default_backend() == "cpu"
 
 
 def _sum_pixels(g: jax.Array) -> jax.Array:

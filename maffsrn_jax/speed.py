@@ -4,6 +4,7 @@
     python -m maffsrn_jax.speed --only inference --repeats 20 --json speed.json
     python -m maffsrn_jax.speed --xla-defaults       # JAX without the package's XLA options
     python -m maffsrn_jax.speed --torch-keeps-freed-memory   # PyTorch with JAX's malloc setting
+    python -m maffsrn_jax.speed --device gpu --inference-size 339x510 --torch-compile
 
 Benchmarks (the issue's settings):
   inference   x4 MAFFSRN on one 256x256 LR image (the AIM 2020 setting); PyTorch in eval
@@ -26,6 +27,16 @@ spread, the ratio of medians JAX / PyTorch and the median of the per-repetition 
 
 Threads: PyTorch gets `torch.set_num_threads(os.cpu_count())`, the size of XLA:CPU's own
 thread pool, so both use every core. Wall times, not CPU times, are compared.
+
+GPU (`--device gpu`): both frameworks run on the first CUDA device, and every timed run ends
+when the device has finished (`block_until_ready`, `torch.cuda.synchronize`). PyTorch runs
+with `torch.backends.cudnn.benchmark = True` (the fastest cuDNN algorithm for the fixed
+shapes) and its default TF32 setting for convolutions, as JAX uses TF32 for float32
+convolutions on such GPUs by default; `agreement` shows what that costs. `--inference-size`
+sets the LR size of the inference benchmark (339x510 is a DIV2K validation image at x4:
+2040x1356 HR). `--torch-compile` adds a third worker, PyTorch with the model under
+`torch.compile` (the AdamP update stays eager, as `adamp` is written), timed in the same
+rotation; if compiling fails there, its error is reported and the other two sides still run.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from maffsrn_jax.models import MIN_INPUT_SIZE
 from maffsrn_jax.profile import (
     TRAIN_LEARNING_RATE,
     ArgumentError,
@@ -50,6 +62,7 @@ from maffsrn_jax.profile import (
     ProfileError,
     add_runtime_arguments,
     minor_page_faults,
+    parse_size,
     parse_xla_options,
     random_batch,
     setup_malloc,
@@ -57,7 +70,8 @@ from maffsrn_jax.profile import (
 )
 
 BENCHMARKS = ("inference", "train")
-SIDES = ("jax", "torch")
+SIDES = ("jax", "torch")  # the optional third side, "torch_compile", follows them
+DEVICES = ("cpu", "gpu")
 INFERENCE = {"scale": 4, "n_ffgs": 4, "batch": 1, "size": (256, 256)}
 TRAIN = {"scale": 2, "n_ffgs": 4, "batch": 16, "size": (48, 48)}
 
@@ -87,10 +101,25 @@ def initial_weights(setting: dict[str, Any], seed: int) -> dict[str, np.ndarray]
 
 
 def _jax_run(
-    name: str, setting: dict, weights: dict, seed: int, options: Options, overrides: dict
+    name: str,
+    setting: dict,
+    weights: dict,
+    seed: int,
+    options: Options,
+    overrides: dict,
+    device: str,
+    compiled: bool,
 ):
     """(run, first output, environment) of the JAX side, in the JAX worker."""
     import jax
+
+    # Before JAX starts a backend: the worker is a fresh process, so this picks its platform.
+    jax.config.update("jax_platforms", "cuda" if device == "gpu" else "cpu")
+    try:
+        jax.devices()
+    except Exception as e:  # a RuntimeError, or an AssertionError where no plugin is installed
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpeedError(f"--device {device}: JAX cannot start that backend ({why})") from e
 
     from maffsrn_jax import convert, xla_options
     from maffsrn_jax.profile import describe_device, make_train_step
@@ -127,27 +156,58 @@ def _jax_run(
 
 
 def _torch_run(
-    name: str, setting: dict, weights: dict, seed: int, options: Options, overrides: dict
+    name: str,
+    setting: dict,
+    weights: dict,
+    seed: int,
+    options: Options,
+    overrides: dict,
+    device: str,
+    compiled: bool,
 ):
-    """(run, first output, environment) of the PyTorch side, in the PyTorch worker."""
+    """(run, first output, environment) of a PyTorch side, in its worker."""
     torch = _torch()
     from maffsrn_jax import torch_model
 
     torch.set_num_threads(os.cpu_count() or 1)
     env = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if device == "gpu":
+        if not torch.cuda.is_available():
+            raise SpeedError("--device gpu: PyTorch sees no CUDA device")
+        dev = torch.device("cuda")
+        torch.backends.cudnn.benchmark = True
+        env.update(
+            torch_device=torch.cuda.get_device_name(dev),
+            torch_cudnn_benchmark=True,
+            torch_cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+        )
+
+        def finish(value):
+            torch.cuda.synchronize(dev)
+            return value
+    else:
+        dev = torch.device("cpu")
+
+        def finish(value):
+            return value
+
     net = torch_model.MAFFSRN(setting["scale"], n_ffgs=setting["n_ffgs"])
     net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    net.to(dev)
+    forward = torch.compile(net) if compiled else net
+    if compiled:
+        env["torch_compile"] = "torch.compile(model), default mode"
     b, (h, w) = setting["batch"], setting["size"]
     if name == "inference":
         x = np.random.default_rng(seed).random((b, h, w, 3), dtype=np.float32)
-        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(dev)
         net.eval()
 
         def run():
             with torch.inference_mode():
-                return net(x)
+                return finish(forward(x))
 
-        return run, run().permute(0, 2, 3, 1).numpy(), env
+        return run, run().permute(0, 2, 3, 1).cpu().numpy(), env
 
     try:
         from adamp import AdamP
@@ -156,16 +216,16 @@ def _torch_run(
     net.train()
     optimizer = AdamP(net.parameters(), lr=TRAIN_LEARNING_RATE, betas=(0.9, 0.999), eps=1e-8)
     batch = random_batch(b, (h, w), setting["scale"], seed)
-    lr_u8 = torch.from_numpy(batch["lr"]).permute(0, 3, 1, 2).contiguous()
-    hr_u8 = torch.from_numpy(batch["hr"]).permute(0, 3, 1, 2).contiguous()
+    lr_u8 = torch.from_numpy(batch["lr"]).permute(0, 3, 1, 2).contiguous().to(dev)
+    hr_u8 = torch.from_numpy(batch["hr"]).permute(0, 3, 1, 2).contiguous().to(dev)
 
     def run():
         optimizer.zero_grad(set_to_none=True)
-        sr = net(lr_u8.float() / 255.0)
+        sr = forward(lr_u8.float() / 255.0)
         loss = (sr - hr_u8.float() / 255.0).abs().mean()
         loss.backward()
         optimizer.step()
-        return loss.detach()
+        return finish(loss.detach())
 
     return run, float(run()), env
 
@@ -176,7 +236,8 @@ def _serve(conn, side: str, keep_freed: bool, job: tuple) -> None:
     # First, before any framework starts threads (see xla_options.keep_freed_memory).
     kept = setup_malloc(malloc_defaults=not keep_freed)
     try:
-        run, first, env = (_jax_run if side == "jax" else _torch_run)(*job)
+        build = _jax_run if side == "jax" else _torch_run
+        run, first, env = build(*job, compiled=side == "torch_compile")
         conn.send(("ready", first, {**env, f"{side}_malloc_keeps_freed_memory": kept}))
         while conn.recv() == "run":
             before = minor_page_faults()
@@ -184,7 +245,8 @@ def _serve(conn, side: str, keep_freed: bool, job: tuple) -> None:
             after = minor_page_faults()
             conn.send(("done", None if before is None or after is None else after - before))
     except Exception as e:  # reported by the parent as one line
-        conn.send(("error", f"{side} worker: {type(e).__name__}: {e}", None))
+        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        conn.send(("error", f"{side} worker: {type(e).__name__}: {message}", None))
     finally:
         conn.close()
 
@@ -244,37 +306,41 @@ def _median_or_none(xs: list[int | None]) -> int | None:
 
 
 def alternate(
-    jax_run: Callable[[], Any],
-    torch_run: Callable[[], Any],
+    runs: dict[str, Callable[[], Any]],
     repeats: int,
     warmup: int = 2,
     pause: float = 0.2,
 ) -> dict[str, Any]:
-    """Times the two runs alternately (ABBA order), `repeats` times each, in milliseconds."""
+    """Times `runs` {'jax': ..., 'torch': ...[, others]} in turn, `repeats` times each (ms).
+
+    The order reverses every repetition (ABBA; ABCCBA with three), so that a drifting machine
+    load hits every side alike. Ratios are JAX over each other side, as medians and as the
+    median of the per-repetition ratios.
+    """
     for _ in range(warmup):
-        jax_run()
-        torch_run()
-    times: dict[str, list[float]] = {"jax": [], "torch": []}
-    runs = {"jax": jax_run, "torch": torch_run}
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {side: [] for side in runs}
+    forward = list(runs)
     for r in range(repeats):
-        order = ("jax", "torch") if r % 2 == 0 else ("torch", "jax")
-        for side in order:
+        for side in forward if r % 2 == 0 else forward[::-1]:
             time.sleep(pause)
             start = time.perf_counter()
             runs[side]()
             times[side].append((time.perf_counter() - start) * 1e3)
-    pairs = [j / t for j, t in zip(times["jax"], times["torch"], strict=True)]
-    return {
-        "jax_ms": round(_median(times["jax"]), 2),
-        "torch_ms": round(_median(times["torch"]), 2),
-        "jax_ms_range": [round(min(times["jax"]), 2), round(max(times["jax"]), 2)],
-        "torch_ms_range": [round(min(times["torch"]), 2), round(max(times["torch"]), 2)],
-        "ratio": round(_median(times["jax"]) / _median(times["torch"]), 3),
-        "ratio_of_pairs": round(_median(pairs), 3),
-        "repeats": repeats,
-        "jax_all_ms": [round(t, 2) for t in times["jax"]],
-        "torch_all_ms": [round(t, 2) for t in times["torch"]],
-    }
+    result: dict[str, Any] = {}
+    for side, ts in times.items():
+        result[f"{side}_ms"] = round(_median(ts), 2)
+        result[f"{side}_ms_range"] = [round(min(ts), 2), round(max(ts), 2)]
+    for side in forward[1:]:
+        suffix = "" if side == "torch" else f"_vs_{side}"
+        pairs = [j / t for j, t in zip(times["jax"], times[side], strict=True)]
+        result[f"ratio{suffix}"] = round(_median(times["jax"]) / _median(times[side]), 3)
+        result[f"ratio_of_pairs{suffix}"] = round(_median(pairs), 3)
+    result["repeats"] = repeats
+    for side, ts in times.items():
+        result[f"{side}_all_ms"] = [round(t, 2) for t in ts]
+    return result
 
 
 def run_benchmarks(
@@ -288,6 +354,8 @@ def run_benchmarks(
     torch_keeps_freed_memory: bool = False,
     settings: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
+    device: str = "cpu",
+    torch_compile: bool = False,
 ) -> dict[str, Any]:
     """Runs the selected benchmarks; returns {name: timings + setting, ..., 'environment'}.
 
@@ -296,34 +364,54 @@ def run_benchmarks(
     (`xla_options.compiler_options()`), {} XLA's defaults; `xla_overrides` (as from
     `profile.parse_xla_options`) are added to them. The JAX worker resolves both, so this
     process never starts a JAX client. `settings` replaces the issue's settings
-    ({'inference': INFERENCE, 'train': TRAIN}) per benchmark.
+    ({'inference': INFERENCE, 'train': TRAIN}) per benchmark. `device` is 'cpu' or 'gpu';
+    `torch_compile` adds the side 'torch_compile' (a failure to compile is recorded as
+    `torch_compile_error` instead of timings).
     """
+    if device not in DEVICES:
+        raise SpeedError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
     settings = {"inference": INFERENCE, "train": TRAIN, **(settings or {})}
     keep = {"jax": jax_keeps_freed_memory, "torch": torch_keeps_freed_memory}
+    keep["torch_compile"] = torch_keeps_freed_memory
+    sides = SIDES + (("torch_compile",) if torch_compile else ())
     results: dict[str, Any] = {}
     environment: dict[str, Any] = {"cpu_count": os.cpu_count(), "pause_s": pause}
     for name in only:
         setting = settings[name]
         weights = initial_weights(setting, seed)
-        job = (name, setting, weights, seed, compiler_options, dict(xla_overrides or {}))
+        job = (name, setting, weights, seed, compiler_options, dict(xla_overrides or {}), device)
         workers: dict[str, Worker] = {}
+        failed: dict[str, str] = {}
         try:
-            for side in SIDES:  # one at a time: compiling is not what is timed
-                workers[side] = Worker(side, keep[side], job)
-            result = alternate(workers["jax"], workers["torch"], repeats, warmup, pause)
+            for side in sides:  # one at a time: compiling is not what is timed
+                try:
+                    workers[side] = Worker(side, keep[side], job)
+                except SpeedError as e:
+                    if side != "torch_compile":
+                        raise
+                    failed["torch_compile_error"] = str(e)
+            runs = {side: worker for side, worker in workers.items()}
+            result = alternate(runs, repeats, warmup, pause)
         finally:
             for worker in workers.values():
                 worker.close()
         first = {side: np.asarray(w.first) for side, w in workers.items()}
-        faults = {
+        extra: dict[str, Any] = {
             f"{side}_page_faults_per_run": _median_or_none(w.page_faults[-repeats:])
             for side, w in workers.items()
         }
+        if "torch_compile" in first:
+            gap = np.abs(first["jax"] - first["torch_compile"]).max()
+            extra["agreement_torch_compile"] = float(gap)
+        if name == "train":
+            for side in workers:
+                extra[f"{side}_steps_per_s"] = round(1e3 / result[f"{side}_ms"], 2)
         results[name] = {
             "setting": {**setting, "size": list(setting["size"])},
             "agreement": float(np.abs(first["jax"] - first["torch"]).max()),
             **result,
-            **faults,
+            **extra,
+            **failed,
         }
         for worker in workers.values():
             environment.update(worker.env)
@@ -331,29 +419,51 @@ def run_benchmarks(
     return results
 
 
+_LABELS = {"jax": "JAX", "torch": "PyTorch", "torch_compile": "torch.compile"}
+
+
 def format_table(results: dict[str, Any]) -> str:
-    rows = [
-        "| benchmark | setting | JAX ms (min-max) | PyTorch ms (min-max) | JAX/PyTorch | "
-        "median pair ratio | page faults per run JAX / PyTorch |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name in BENCHMARKS:
-        if name not in results:
-            continue
+    benchmarks = [name for name in BENCHMARKS if name in results]
+    sides = [s for s in _LABELS if any(f"{s}_ms" in results[n] for n in benchmarks)]
+    others = sides[1:]
+    header = ["benchmark", "setting"] + [f"{_LABELS[s]} ms (min-max)" for s in sides]
+    header += [f"JAX/{_LABELS[s]}" for s in others]
+    header += [f"median pair ratio vs {_LABELS[s]}" for s in others]
+    header += ["page faults per run " + " / ".join(_LABELS[s] for s in sides)]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for name in benchmarks:
         r = results[name]
         s = r["setting"]
-        setting = f"x{s['scale']}, {s['batch']}x{s['size'][0]}x{s['size'][1]} LR"
-        jr, tr = r["jax_ms_range"], r["torch_ms_range"]
-        rows.append(
-            f"| {name} | {setting} | {r['jax_ms']:.0f} ({jr[0]:.0f}-{jr[1]:.0f}) | "
-            f"{r['torch_ms']:.0f} ({tr[0]:.0f}-{tr[1]:.0f}) | {r['ratio']:.2f}x | "
-            f"{r['ratio_of_pairs']:.2f}x | {r['jax_page_faults_per_run']} / "
-            f"{r['torch_page_faults_per_run']} |"
-        )
+        cells = [name, f"x{s['scale']}, {s['batch']}x{s['size'][0]}x{s['size'][1]} LR"]
+        for side in sides:
+            if f"{side}_ms" not in r:
+                cells.append("-")
+                continue
+            lo, hi = r[f"{side}_ms_range"]
+            cells.append(f"{r[f'{side}_ms']:.3g} ({lo:.3g}-{hi:.3g})")
+        for key in ("ratio", "ratio_of_pairs"):
+            for side in others:
+                value = r.get(key if side == "torch" else f"{key}_vs_{side}")
+                cells.append("-" if value is None else f"{value:.2f}x")
+        cells.append(" / ".join(str(r.get(f"{side}_page_faults_per_run", "-")) for side in sides))
+        rows.append("| " + " | ".join(cells) + " |")
+        if name == "train":
+            notes.append(
+                "train steps/s: "
+                + ", ".join(
+                    f"{_LABELS[s]} {r[f'{s}_steps_per_s']:.1f}"
+                    for s in sides
+                    if f"{s}_steps_per_s" in r
+                )
+            )
+        if "torch_compile_error" in r:
+            notes.append(f"{name}: torch.compile failed: {r['torch_compile_error']}")
     env = results["environment"]
+    rows.extend(notes)
     rows.append(
         f"\n{env['device']}, torch threads {env['torch_threads']}, "
-        f"jax {env['jax']}, torch {env['torch']}, {results[next(iter(results))]['repeats']} "
+        f"jax {env['jax']}, torch {env['torch']}, {results[benchmarks[0]]['repeats']} "
         f"alternating repeats, {env['pause_s']} s pause"
         + (f", XLA options {env['xla_compiler_options']}" if env["xla_compiler_options"] else "")
         + "; malloc keeps freed memory: "
@@ -378,11 +488,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     p.add_argument("--torch-keeps-freed-memory", action="store_true",
                    help="give the PyTorch worker the JAX worker's malloc setting")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where both frameworks run (gpu: the first CUDA device)")
+    p.add_argument("--inference-size", default=None, metavar="HxW",
+                   help="LR size of the inference benchmark (default 256x256)")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="also time PyTorch with torch.compile(model), in a third worker")
     add_runtime_arguments(p)
     try:
         args = p.parse_args(argv)
         if args.repeats < 1 or args.warmup < 0 or args.pause < 0:
             raise SpeedError("--repeats must be >= 1, --warmup and --pause >= 0")
+        settings = {}
+        if args.inference_size:
+            size = parse_size(args.inference_size, "--inference-size")
+            if min(size) < MIN_INPUT_SIZE:
+                raise SpeedError(
+                    f"--inference-size {args.inference_size!r}: the model needs at least "
+                    f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}"
+                )
+            settings["inference"] = {**INFERENCE, "size": size}
         only = (args.only,) if args.only else BENCHMARKS
         results = run_benchmarks(
             only,
@@ -393,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
             xla_overrides=parse_xla_options(args.xla_option),
             jax_keeps_freed_memory=not args.malloc_defaults,
             torch_keeps_freed_memory=args.torch_keeps_freed_memory,
+            settings=settings,
+            device=args.device,
+            torch_compile=args.torch_compile,
         )
     except (ArgumentError, SpeedError, ProfileError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maffsrn_jax import convert, ops, torch_model
+from maffsrn_jax import convert, models, ops, torch_model
 from maffsrn_jax.models import ESA_CONVS, MAFFSRN, MIN_INPUT_SIZE, Conv, count_params
 
 from .conftest import torch_reference
@@ -246,10 +246,13 @@ def test_plain_conv_matches_torch(kwargs):
     np.testing.assert_allclose(np.asarray(got), nhwc(conv(nchw(x))), rtol=0, atol=TOL)
 
 
+@pytest.mark.parametrize("shifted", [True, False], ids=["shifted", "xla-conv"])
 @pytest.mark.parametrize("k, dilation", [(5, 1), (3, 2)], ids=["5x5", "dilated3x3"])
-def test_depthwise_gradients_match_torch(k, dilation):
-    # The depthwise conv has a hand-written VJP (per-image kernel gradient); check both
-    # gradients against torch autograd on a batch of several images.
+def test_depthwise_gradients_match_torch(k, dilation, shifted, monkeypatch):
+    # On CPU the depthwise conv has a hand-written VJP (per-image kernel gradient); other
+    # backends use XLA's grouped convolution. Check both paths' output and gradients against
+    # torch autograd on a batch of several images.
+    monkeypatch.setattr(models, "_shifted_depthwise", lambda: shifted)
     c, pad = 8, dilation * (k - 1) // 2
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(c, c, k, padding=pad, dilation=dilation, groups=c)
@@ -263,8 +266,12 @@ def test_depthwise_gradients_match_torch(k, dilation):
     params = {"kernel": conv.weight.detach().numpy().transpose(2, 3, 1, 0),
               "bias": conv.bias.detach().numpy()}
     module = Conv(c, k, dilation=dilation, groups=c)
-    _, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, jnp.asarray(x))
+    apply = lambda p, x: module.apply({"params": p}, x)
+    grouped = f"feature_group_count={c}" in str(jax.make_jaxpr(apply)(params, jnp.asarray(x)))
+    assert grouped is not shifted  # the path under test is the one taken
+    y, vjp = jax.vjp(apply, params, jnp.asarray(x))
     dparams, dx = vjp(jnp.asarray(g))
+    np.testing.assert_allclose(np.asarray(y), nhwc(conv(nchw(x))), rtol=0, atol=TOL)
     np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=0, atol=1e-4)
     np.testing.assert_allclose(np.asarray(dparams["kernel"]), want_dk, rtol=0, atol=1e-3)
     np.testing.assert_allclose(

@@ -249,7 +249,8 @@ def test_alternate_runs_abba_and_reports_medians():
 
         return run
 
-    result = speed.alternate(fake("jax", 0.005), fake("torch", 0.02), repeats=4, warmup=1, pause=0)
+    runs = {"jax": fake("jax", 0.005), "torch": fake("torch", 0.02)}
+    result = speed.alternate(runs, repeats=4, warmup=1, pause=0)
     # Warm-up, then the order flips every repetition so drift hits both sides alike.
     assert calls == ["jax", "torch"] + ["jax", "torch", "torch", "jax"] * 2
     assert result["repeats"] == 4
@@ -261,7 +262,44 @@ def test_alternate_runs_abba_and_reports_medians():
         assert lo <= result[f"{side}_ms"] <= hi
 
 
-@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--only", "everything"], ["--pause", "-1"]])
+def test_alternate_a_third_side_rotates_and_gets_its_own_ratio():
+    calls: list[str] = []
+
+    def fake(side, seconds):
+        def run():
+            calls.append(side)
+            time.sleep(seconds)
+
+        return run
+
+    runs = {"jax": fake("jax", 0.004), "torch": fake("torch", 0.012)}
+    runs["torch_compile"] = fake("tc", 0.002)
+    result = speed.alternate(runs, repeats=2, warmup=0, pause=0)
+    assert calls == ["jax", "torch", "tc", "tc", "torch", "jax"]
+    assert result["ratio"] < 1 < result["ratio_vs_torch_compile"]
+    assert result["ratio_of_pairs_vs_torch_compile"] > 1
+    table = speed.format_table(
+        {
+            "train": {"setting": {"scale": 2, "batch": 1, "size": [16, 16]}, **result,
+                      "jax_steps_per_s": 250.0, "torch_steps_per_s": 83.3},
+            "environment": {"device": "gpu: X (x1)", "torch_threads": 2, "jax": "0", "torch": "0",
+                            "pause_s": 0, "xla_compiler_options": {}},
+        }
+    )
+    assert "JAX/torch.compile" in table and "train steps/s: JAX 250.0, PyTorch 83.3" in table
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--repeats", "0"],
+        ["--only", "everything"],
+        ["--pause", "-1"],
+        ["--device", "tpu"],
+        ["--inference-size", "12x300"],
+        ["--inference-size", "256"],
+    ],
+)
 def test_speed_bad_flags_give_one_line_and_exit_2(argv, capsys):
     assert speed.main(argv) == 2
     lines = capsys.readouterr().err.strip().splitlines()
