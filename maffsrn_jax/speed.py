@@ -130,6 +130,7 @@ def _jax_run(
         "jax": jax.__version__,
         "device": describe_device(),
         "jax_dtype": "float32",  # the benchmarks' compute dtype
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision or "default",
         "xla_compiler_options": options,
     }
     b, (h, w) = setting["batch"], setting["size"]
@@ -371,8 +372,11 @@ def run_benchmarks(
     if device not in DEVICES:
         raise SpeedError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
     settings = {"inference": INFERENCE, "train": TRAIN, **(settings or {})}
-    keep = {"jax": jax_keeps_freed_memory, "torch": torch_keeps_freed_memory}
-    keep["torch_compile"] = torch_keeps_freed_memory
+    keep = {
+        "jax": jax_keeps_freed_memory,
+        "torch": torch_keeps_freed_memory,
+        "torch_compile": torch_keeps_freed_memory,
+    }
     sides = SIDES + (("torch_compile",) if torch_compile else ())
     results: dict[str, Any] = {}
     environment: dict[str, Any] = {"cpu_count": os.cpu_count(), "pause_s": pause}
@@ -390,8 +394,7 @@ def run_benchmarks(
                     if side != "torch_compile":
                         raise
                     failed["torch_compile_error"] = str(e)
-            runs = {side: worker for side, worker in workers.items()}
-            result = alternate(runs, repeats, warmup, pause)
+            result = alternate(dict(workers), repeats, warmup, pause)
         finally:
             for worker in workers.values():
                 worker.close()

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import pytest
 
 from maffsrn_jax import profile, speed, xla_options
@@ -341,6 +342,15 @@ def test_speed_runs_each_framework_in_its_own_worker():
     # The worker resolved the package's options and added the override to them.
     want = {**(xla_options.compiler_options() or {}), "xla_cpu_enable_fast_math": False}
     assert env["xla_compiler_options"] == want
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="needs a machine without a GPU")
+def test_speed_on_a_missing_gpu_is_one_line(capsys):
+    argv = ["--device", "gpu", "--only", "inference", "--repeats", "1", "--warmup", "0"]
+    assert speed.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: jax worker: ")
+    assert "--device gpu: JAX cannot start that backend" in lines[0]
 
 
 def test_speed_worker_errors_become_one_line():
