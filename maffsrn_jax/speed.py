@@ -50,7 +50,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -100,18 +100,23 @@ def initial_weights(setting: dict[str, Any], seed: int) -> dict[str, np.ndarray]
     return {k: v.numpy() for k, v in net.state_dict().items()}
 
 
-def _jax_run(
-    name: str,
-    setting: dict,
-    weights: dict,
-    seed: int,
-    options: Options,
-    overrides: dict,
-    device: str,
-    compiled: bool,
-):
+class Job(NamedTuple):
+    """What a worker builds: one benchmark, on one device, from the same weights."""
+
+    name: str  # 'inference' or 'train'
+    setting: dict[str, Any]  # scale, n_ffgs, batch, size (LR H, W)
+    weights: dict[str, np.ndarray]  # an official state_dict
+    seed: int
+    options: Options  # XLA compiler options for JAX (None: the package's)
+    overrides: dict[str, Any]  # added to them
+    device: str  # 'cpu' or 'gpu'
+
+
+def _jax_run(job: Job):
     """(run, first output, environment) of the JAX side, in the JAX worker."""
     import jax
+
+    name, setting, weights, seed, options, overrides, device = job
 
     # Before JAX starts a backend: the worker is a fresh process, so this picks its platform.
     jax.config.update("jax_platforms", "cuda" if device == "gpu" else "cpu")
@@ -156,17 +161,9 @@ def _jax_run(
     return run, float(run()), env
 
 
-def _torch_run(
-    name: str,
-    setting: dict,
-    weights: dict,
-    seed: int,
-    options: Options,
-    overrides: dict,
-    device: str,
-    compiled: bool,
-):
-    """(run, first output, environment) of a PyTorch side, in its worker."""
+def _torch_run(job: Job, compiled: bool):
+    """(run, first output, environment) of a PyTorch side (`compiled`: under torch.compile)."""
+    name, setting, weights, seed, device = job.name, job.setting, job.weights, job.seed, job.device
     torch = _torch()
     from maffsrn_jax import torch_model
 
@@ -231,14 +228,16 @@ def _torch_run(
     return run, float(run()), env
 
 
-def _serve(conn, side: str, keep_freed: bool, job: tuple) -> None:
+def _serve(conn, side: str, keep_freed: bool, job: Job) -> None:
     """A worker process: build one side's run, then run it on every 'run' message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # First, before any framework starts threads (see xla_options.keep_freed_memory).
     kept = setup_malloc(malloc_defaults=not keep_freed)
     try:
-        build = _jax_run if side == "jax" else _torch_run
-        run, first, env = build(*job, compiled=side == "torch_compile")
+        if side == "jax":
+            run, first, env = _jax_run(job)
+        else:
+            run, first, env = _torch_run(job, compiled=side == "torch_compile")
         conn.send(("ready", first, {**env, f"{side}_malloc_keeps_freed_memory": kept}))
         while conn.recv() == "run":
             before = minor_page_faults()
@@ -255,7 +254,7 @@ def _serve(conn, side: str, keep_freed: bool, job: tuple) -> None:
 class Worker:
     """One framework's side of a benchmark, in a fresh (spawned) process."""
 
-    def __init__(self, side: str, keep_freed: bool, job: tuple):
+    def __init__(self, side: str, keep_freed: bool, job: Job):
         ctx = multiprocessing.get_context("spawn")  # fresh malloc state, no forked JAX
         self.side = side
         self.page_faults: list[int | None] = []  # minor page faults of each run, in order
@@ -383,7 +382,7 @@ def run_benchmarks(
     for name in only:
         setting = settings[name]
         weights = initial_weights(setting, seed)
-        job = (name, setting, weights, seed, compiler_options, dict(xla_overrides or {}), device)
+        job = Job(name, setting, weights, seed, compiler_options, dict(xla_overrides or {}), device)
         workers: dict[str, Worker] = {}
         failed: dict[str, str] = {}
         try:

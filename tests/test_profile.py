@@ -6,6 +6,7 @@ speed runs a 1-FFG model on 16x16 in its two worker processes. Timing is never a
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -240,16 +241,19 @@ def test_module_entry_point_reports_errors_without_traceback():
 # --- speed.py's harness (no frameworks involved) --------------------------------------------
 
 
+def _sleeper(calls: list[str], side: str, seconds: float):
+    """A run that logs its side in `calls` and takes `seconds`."""
+
+    def run():
+        calls.append(side)
+        time.sleep(seconds)
+
+    return run
+
+
 def test_alternate_runs_abba_and_reports_medians():
     calls: list[str] = []
-
-    def fake(side, seconds):
-        def run():
-            calls.append(side)
-            time.sleep(seconds)
-
-        return run
-
+    fake = functools.partial(_sleeper, calls)
     runs = {"jax": fake("jax", 0.005), "torch": fake("torch", 0.02)}
     result = speed.alternate(runs, repeats=4, warmup=1, pause=0)
     # Warm-up, then the order flips every repetition so drift hits both sides alike.
@@ -265,14 +269,7 @@ def test_alternate_runs_abba_and_reports_medians():
 
 def test_alternate_a_third_side_rotates_and_gets_its_own_ratio():
     calls: list[str] = []
-
-    def fake(side, seconds):
-        def run():
-            calls.append(side)
-            time.sleep(seconds)
-
-        return run
-
+    fake = functools.partial(_sleeper, calls)
     runs = {"jax": fake("jax", 0.004), "torch": fake("torch", 0.012)}
     runs["torch_compile"] = fake("tc", 0.002)
     result = speed.alternate(runs, repeats=2, warmup=0, pause=0)
@@ -351,6 +348,23 @@ def test_speed_on_a_missing_gpu_is_one_line(capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: jax worker: ")
     assert "--device gpu: JAX cannot start that backend" in lines[0]
+
+
+def test_a_failing_torch_compile_is_reported_and_the_others_still_run(monkeypatch, tmp_path):
+    pytest.importorskip("torch")
+    # Inductor cannot build its CPU kernels without a C++ compiler (fresh cache: nothing
+    # compiled earlier can stand in).
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    results = speed.run_benchmarks(
+        only=("inference",), repeats=1, warmup=0, pause=0, settings={"inference": TINY_SETTING},
+        torch_compile=True,
+    )
+    r = results["inference"]
+    assert r["torch_compile_error"].startswith("torch_compile worker: ")
+    assert "\n" not in r["torch_compile_error"]
+    assert len(r["jax_all_ms"]) == len(r["torch_all_ms"]) == 1 and "torch_compile_ms" not in r
+    assert "inference: torch.compile failed: " in speed.format_table(results)
 
 
 def test_speed_worker_errors_become_one_line():
