@@ -424,6 +424,11 @@ def run_benchmarks(
 _LABELS = {"jax": "JAX", "torch": "PyTorch", "torch_compile": "torch.compile"}
 
 
+def _ms(value: float) -> str:
+    # Three significant digits for GPU-scale times, whole milliseconds for CPU-scale ones.
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def format_table(results: dict[str, Any]) -> str:
     benchmarks = [name for name in BENCHMARKS if name in results]
     sides = [s for s in _LABELS if any(f"{s}_ms" in results[n] for n in benchmarks)]
@@ -443,7 +448,7 @@ def format_table(results: dict[str, Any]) -> str:
                 cells.append("-")
                 continue
             lo, hi = r[f"{side}_ms_range"]
-            cells.append(f"{r[f'{side}_ms']:.3g} ({lo:.3g}-{hi:.3g})")
+            cells.append(f"{_ms(r[f'{side}_ms'])} ({_ms(lo)}-{_ms(hi)})")
         for key in ("ratio", "ratio_of_pairs"):
             for side in others:
                 value = r.get(key if side == "torch" else f"{key}_vs_{side}")

@@ -276,15 +276,15 @@ def test_alternate_a_third_side_rotates_and_gets_its_own_ratio():
     assert calls == ["jax", "torch", "tc", "tc", "torch", "jax"]
     assert result["ratio"] < 1 < result["ratio_vs_torch_compile"]
     assert result["ratio_of_pairs_vs_torch_compile"] > 1
-    table = speed.format_table(
-        {
-            "train": {"setting": {"scale": 2, "batch": 1, "size": [16, 16]}, **result,
-                      "jax_steps_per_s": 250.0, "torch_steps_per_s": 83.3},
-            "environment": {"device": "gpu: X (x1)", "torch_threads": 2, "jax": "0", "torch": "0",
-                            "pause_s": 0, "xla_compiler_options": {}},
-        }
-    )
+    env = {"device": "gpu: X (x1)", "torch_threads": 2, "jax": "0", "torch": "0", "pause_s": 0,
+           "xla_compiler_options": {}}
+    setting = {"scale": 2, "batch": 1, "size": [16, 16]}
+    train = {"setting": setting, **result, "jax_steps_per_s": 250.0, "torch_steps_per_s": 83.3}
+    table = speed.format_table({"train": train, "environment": env})
     assert "JAX/torch.compile" in table and "train steps/s: JAX 250.0, PyTorch 83.3" in table
+    cpu_scale = {"setting": setting, **result, "jax_ms": 1843.2, "jax_ms_range": [1766.0, 2115.4]}
+    table = speed.format_table({"inference": cpu_scale, "environment": env})
+    assert "| 1843 (1766-2115) |" in table  # whole milliseconds, not 1.84e+03
 
 
 @pytest.mark.parametrize(
