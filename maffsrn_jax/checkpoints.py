@@ -19,6 +19,8 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from maffsrn_jax.errors import first_line
+
 STATE, MODEL = "state", "model"
 LATEST_DIR, BEST_DIR = "checkpoints", "best"
 
@@ -121,8 +123,9 @@ def restore(
             try:
                 restored = mngr.restore(step, args=ocp.args.Composite(**items))
             except (ValueError, KeyError, FileNotFoundError, OSError) as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise CheckpointError(f"{root}/{step}: unreadable checkpoint ({first})") from e
+                raise CheckpointError(
+                    f"{root}/{step}: unreadable checkpoint ({first_line(e)})"
+                ) from e
         finally:
             mngr.close()
     return restored[STATE], dict(restored[MODEL]), step

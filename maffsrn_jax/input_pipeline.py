@@ -56,6 +56,7 @@ import ml_collections
 import numpy as np
 
 from maffsrn_jax import image_io
+from maffsrn_jax.errors import first_line
 from maffsrn_jax.imresize import imresize, modcrop
 
 SOURCES = ("embedded", "div2k", "benchmark", "folder", "tfds")
@@ -509,12 +510,6 @@ def _build_all(
     return results
 
 
-def _first_line(e: BaseException) -> str:
-    # TFDS errors can run to hundreds of lines (e.g. the whole catalog for an unknown name).
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
 def _tfds_built(
     cache: _Cache, cfg: ml_collections.ConfigDict, split: str, scale: int, min_lr: int
 ) -> list[_Built]:
@@ -530,7 +525,7 @@ def _tfds_built(
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # TFDS raises many types for unknown names or configs.
         raise DataError(f"data.tfds_name: cannot open TFDS dataset {name!r} "
-                        f"({_first_line(e)})") from None
+                        f"({first_line(e)})") from None
     # Prepared TFDS data is immutable per version; a re-prepared copy rewrites its info file.
     info_file = Path(builder.data_dir) / "dataset_info.json"
     stamp = _hash(builder.version, info_file.stat().st_mtime_ns if info_file.exists() else 0)[:12]
@@ -550,7 +545,7 @@ def _tfds_built(
             ds = tfds.load(name, split=split, data_dir=data_dir, download=False,
                            shuffle_files=False)
         except Exception as e:  # Not prepared, unknown split, ...: TFDS's message says which.
-            raise DataError(f"{ref}: cannot load prepared TFDS data ({_first_line(e)})"
+            raise DataError(f"{ref}: cannot load prepared TFDS data ({first_line(e)})"
                             ) from None
         entries, rows = [], []
         for i, example in enumerate(tfds.as_numpy(ds)):

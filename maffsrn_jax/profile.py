@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from maffsrn_jax import xla_options
+from maffsrn_jax.errors import first_line
 from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE, Conv, count_params
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -258,8 +259,9 @@ def profile_model(
     except jax.errors.JaxRuntimeError as e:
         if not compiler_options:
             raise
-        first = str(e).strip().splitlines()[0]
-        raise ProfileError(f"XLA rejected the compiler options {compiler_options}: {first}") from e
+        raise ProfileError(
+            f"XLA rejected the compiler options {compiler_options}: {first_line(e)}"
+        ) from e
     report["compile_s"] = round(time.perf_counter() - start, 3)
     cost = _cost(compiled)
     report["flops"] = cost.get("flops")

@@ -54,6 +54,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from maffsrn_jax.errors import first_line
 from maffsrn_jax.models import MIN_INPUT_SIZE
 from maffsrn_jax.profile import (
     TRAIN_LEARNING_RATE,
@@ -123,8 +124,9 @@ def _jax_run(job: Job):
     try:
         jax.devices()
     except Exception as e:  # a RuntimeError, or an AssertionError where no plugin is installed
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SpeedError(f"--device {device}: JAX cannot start that backend ({why})") from e
+        raise SpeedError(
+            f"--device {device}: JAX cannot start that backend ({first_line(e)})"
+        ) from e
 
     from maffsrn_jax import convert, xla_options
     from maffsrn_jax.profile import describe_device, make_train_step
@@ -245,8 +247,9 @@ def _serve(conn, side: str, keep_freed: bool, job: Job) -> None:
             after = minor_page_faults()
             conn.send(("done", None if before is None or after is None else after - before))
     except Exception as e:  # reported by the parent as one line
-        message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        conn.send(("error", f"{side} worker: {type(e).__name__}: {message}", None))
+        name, line = type(e).__name__, first_line(e)
+        detail = name if line == name else f"{name}: {line}"
+        conn.send(("error", f"{side} worker: {detail}", None))
     finally:
         conn.close()
 
