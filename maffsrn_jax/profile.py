@@ -320,6 +320,16 @@ def parse_size(text: str, flag: str) -> tuple[int, int]:
     return h, w
 
 
+def check_lr_size(size: tuple[int, int], flag: str) -> None:
+    """Raises ProfileError naming `flag` unless the LR size (H, W) is one the model takes."""
+    h, w = size
+    if min(h, w) < MIN_INPUT_SIZE:
+        raise ProfileError(
+            f"{flag}: LR input {h}x{w} is under the {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
+            "that the ESA max pool needs"
+        )
+
+
 def parse_xla_options(items: Sequence[str]) -> dict[str, Any]:
     """['KEY=VALUE', ...] -> XLA compiler options for one jitted program.
 
@@ -410,12 +420,7 @@ def _input_shape(args: argparse.Namespace, scale: int) -> tuple[int, int, int, i
         h, w = parse_size(args.input_size, "--input-size")
     else:
         h = w = 48 if args.train else 256
-    if min(h, w) < MIN_INPUT_SIZE:
-        flag = "--output-size" if args.output_size else "--input-size"
-        raise ProfileError(
-            f"{flag}: LR input {h}x{w} is under the {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
-            "that the ESA max pool needs"
-        )
+    check_lr_size((h, w), "--output-size" if args.output_size else "--input-size")
     batch = args.batch_size if args.batch_size is not None else (16 if args.train else 1)
     if batch < 1:
         raise ProfileError(f"--batch-size {batch}: must be at least 1")

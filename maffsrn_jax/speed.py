@@ -55,13 +55,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from maffsrn_jax.errors import first_line
-from maffsrn_jax.models import MIN_INPUT_SIZE
 from maffsrn_jax.profile import (
     TRAIN_LEARNING_RATE,
     ArgumentError,
     OneLineParser,
     ProfileError,
     add_runtime_arguments,
+    check_lr_size,
     minor_page_faults,
     parse_size,
     parse_xla_options,
@@ -374,11 +374,6 @@ def run_benchmarks(
     if device not in DEVICES:
         raise SpeedError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
     settings = {"inference": INFERENCE, "train": TRAIN, **(settings or {})}
-    keep = {
-        "jax": jax_keeps_freed_memory,
-        "torch": torch_keeps_freed_memory,
-        "torch_compile": torch_keeps_freed_memory,
-    }
     sides = SIDES + (("torch_compile",) if torch_compile else ())
     results: dict[str, Any] = {}
     environment: dict[str, Any] = {"cpu_count": os.cpu_count(), "pause_s": pause}
@@ -391,7 +386,8 @@ def run_benchmarks(
         try:
             for side in sides:  # one at a time: compiling is not what is timed
                 try:
-                    workers[side] = Worker(side, keep[side], job)
+                    keep = jax_keeps_freed_memory if side == "jax" else torch_keeps_freed_memory
+                    workers[side] = Worker(side, keep, job)
                 except SpeedError as e:
                     if side != "torch_compile":
                         raise
@@ -512,11 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = {}
         if args.inference_size:
             size = parse_size(args.inference_size, "--inference-size")
-            if min(size) < MIN_INPUT_SIZE:
-                raise SpeedError(
-                    f"--inference-size {args.inference_size!r}: the model needs at least "
-                    f"{MIN_INPUT_SIZE}x{MIN_INPUT_SIZE}"
-                )
+            check_lr_size(size, "--inference-size")
             settings["inference"] = {**INFERENCE, "size": size}
         only = (args.only,) if args.only else BENCHMARKS
         results = run_benchmarks(
