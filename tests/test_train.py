@@ -161,6 +161,10 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path, data_dir):
         "--config.num_train_steps=3",
         "--config.eval_every_steps=3",
         "--config.checkpoint_every_steps=3",
+        # One MAB (hierarchical fusion): this test is about hosts and devices, and each of
+        # its three train.py processes compiles a step of its own.
+        "--config.model.n_mabs=1",
+        "--config.model.fusion=hff",
     ]
     single = tmp_path / "single"
     out = _run(_args(single, data_dir, *steps), devices=4)
