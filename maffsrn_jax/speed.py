@@ -308,6 +308,12 @@ def _median_or_none(xs: list[int | None]) -> int | None:
     return None if not xs or None in xs else round(_median(xs))
 
 
+def ratio_key(kind: str, side: str) -> str:
+    """JSON key of JAX's `kind` ('ratio' or 'ratio_of_pairs') against `side`: the plain
+    name against eager PyTorch (the original schema), `<kind>_vs_<side>` against others."""
+    return kind if side == "torch" else f"{kind}_vs_{side}"
+
+
 def alternate(
     runs: dict[str, Callable[[], Any]],
     repeats: int,
@@ -336,10 +342,9 @@ def alternate(
         result[f"{side}_ms"] = round(_median(ts), 2)
         result[f"{side}_ms_range"] = [round(min(ts), 2), round(max(ts), 2)]
     for side in forward[1:]:
-        suffix = "" if side == "torch" else f"_vs_{side}"
         pairs = [j / t for j, t in zip(times["jax"], times[side], strict=True)]
-        result[f"ratio{suffix}"] = round(_median(times["jax"]) / _median(times[side]), 3)
-        result[f"ratio_of_pairs{suffix}"] = round(_median(pairs), 3)
+        result[ratio_key("ratio", side)] = round(_median(times["jax"]) / _median(times[side]), 3)
+        result[ratio_key("ratio_of_pairs", side)] = round(_median(pairs), 3)
     result["repeats"] = repeats
     for side, ts in times.items():
         result[f"{side}_all_ms"] = [round(t, 2) for t in ts]
@@ -450,7 +455,7 @@ def format_table(results: dict[str, Any]) -> str:
             cells.append(f"{_ms(r[f'{side}_ms'])} ({_ms(lo)}-{_ms(hi)})")
         for key in ("ratio", "ratio_of_pairs"):
             for side in others:
-                value = r.get(key if side == "torch" else f"{key}_vs_{side}")
+                value = r.get(ratio_key(key, side))
                 cells.append("-" if value is None else f"{value:.2f}x")
         cells.append(" / ".join(str(r.get(f"{side}_page_faults_per_run", "-")) for side in sides))
         rows.append("| " + " | ".join(cells) + " |")
