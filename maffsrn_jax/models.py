@@ -46,11 +46,23 @@ ESA_CONVS: dict[str, tuple[tuple[int, int], ...]] = {
 Dtype = Any
 
 
+# Eager draws compile one random generator per distinct size (~1 s each on a 2-core CPU,
+# most of `model.init`'s time); drawing whole buckets of sizes compiles a few.
+_MIN_DRAW = 4096
+
+
 def _torch_uniform(bound: float):
-    """PyTorch's default conv init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), +)."""
+    """PyTorch's default conv init: kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(fan_in), +).
+
+    The values are `jax.random.uniform(key, shape, dtype, -bound, bound)`, taken as the
+    first prod(shape) of a power-of-two draw: JAX's threefry (partitionable, its default)
+    makes element i depend only on the key and i, so that is the same tensor.
+    """
 
     def init(key: jax.Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
+        n = math.prod(shape)
+        size = max(_MIN_DRAW, 1 << (n - 1).bit_length())
+        return jax.random.uniform(key, (size,), dtype, -bound, bound)[:n].reshape(shape)
 
     return init
 

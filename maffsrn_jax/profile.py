@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maffsrn_jax import xla_options
+from maffsrn_jax import train_lib, xla_options
 from maffsrn_jax.errors import first_line
 from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE, Conv, count_params
 
@@ -126,7 +126,6 @@ def make_train_step(model: MAFFSRN) -> tuple[Callable[[Any], Any], Callable[...,
     """
     import optax
 
-    from maffsrn_jax import train_lib
     from maffsrn_jax.optim import adamp
 
     schedule = optax.constant_schedule(TRAIN_LEARNING_RATE)
@@ -226,8 +225,7 @@ def profile_model(
     if min(h, w) < MIN_INPUT_SIZE:
         raise ProfileError(f"input {h}x{w} is under the {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} minimum")
     if params is None:
-        x0 = jnp.zeros((1, MIN_INPUT_SIZE, MIN_INPUT_SIZE, 3), jnp.float32)
-        params = jax.jit(model.init)(jax.random.key(0), x0)["params"]
+        params = train_lib.init_params(model, jax.random.key(0))
     params = jax.device_put(params)
     report: dict[str, Any] = {
         "model": {

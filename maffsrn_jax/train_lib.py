@@ -68,8 +68,9 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 def init_params(model: MAFFSRN, key: jax.Array) -> Any:
     """Parameters with PyTorch's initialisation (the same on every host and device count).
 
-    Run eagerly: under jit, XLA compiles one threefry generator per parameter (~25 s for
-    MAFFSRN on a laptop CPU); eagerly, each distinct shape compiles once (~5 s).
+    Run eagerly: under jit, XLA compiles one threefry generator per parameter (44 s for
+    MAFFSRN x2 on the 2-core CPU); eagerly, the bucketed draws of `models._torch_uniform`
+    compile two, and the whole init takes ~8 s.
     """
     x = jnp.zeros((1, MIN_INPUT_SIZE, MIN_INPUT_SIZE, 3), jnp.float32)
     return model.init(key, x)["params"]

@@ -344,6 +344,17 @@ def test_init_values_follow_the_official_code():
     assert np.abs(conv00).max() <= bound and np.abs(conv00).max() > 0.9 * bound
 
 
+@pytest.mark.parametrize("shape", [(1,), (3, 3, 3, 32), (4096,), (4097,), (5, 5, 32, 48)])
+def test_bucketed_init_draw_is_the_plain_uniform_draw(shape):
+    from maffsrn_jax.models import _torch_uniform
+
+    key = jax.random.key(3)
+    got = _torch_uniform(0.25)(key, shape)
+    want = jax.random.uniform(key, shape, jnp.float32, -0.25, 0.25)
+    assert got.shape == tuple(shape)
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("hw", [(12, 13), (13, 12), (5, 40), (1, 1)])
 def test_inputs_under_13_raise(hw):
     model = MAFFSRN(2, n_ffgs=1)
