@@ -355,6 +355,18 @@ def test_bucketed_init_draw_is_the_plain_uniform_draw(shape):
     np.testing.assert_array_equal(got, want)
 
 
+def test_init_params_equal_a_plain_init():
+    from maffsrn_jax import train_lib
+
+    model = MAFFSRN(2, n_ffgs=1, n_mabs=2)
+    key = jax.random.key(5)
+    got = train_lib.init_params(model, key)  # lazy: no forward pass
+    want = model.init(key, jnp.zeros((1, 13, 13, 3)))["params"]
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("hw", [(12, 13), (13, 12), (5, 40), (1, 1)])
 def test_inputs_under_13_raise(hw):
     model = MAFFSRN(2, n_ffgs=1)
