@@ -53,10 +53,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from maffsrn_jax import train_lib, xla_options
 from maffsrn_jax.errors import first_line
 from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE, Conv, count_params
+from maffsrn_jax.optim import adamp
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 TRAIN_LEARNING_RATE = 2e-4  # the paper's; the value does not change the cost of a step
@@ -124,10 +126,6 @@ def make_train_step(model: MAFFSRN) -> tuple[Callable[[Any], Any], Callable[...,
     device, with the paper's AdamP settings. The batch is {'lr': uint8 [B, h, w, 3], 'hr':
     uint8 [B, sh, sw, 3]}. The step is not jitted here.
     """
-    import optax
-
-    from maffsrn_jax.optim import adamp
-
     schedule = optax.constant_schedule(TRAIN_LEARNING_RATE)
     tx = adamp(schedule)
     step = train_lib.make_train_step(model, tx, schedule, axis_name=None)
