@@ -47,18 +47,6 @@ def _bias_correction(decay: Any, t: jax.Array) -> jax.Array:
     return -jnp.expm1(t * _log(decay))
 
 
-def _norm(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    return jnp.sqrt(jnp.sum(x * x, axis=axes, keepdims=True))
-
-
-def _max_abs_cosine(g: jax.Array, p: jax.Array, axes: tuple[int, ...], eps: Any) -> jax.Array:
-    # torch.nn.functional.cosine_similarity (torch >= 1.12): each row is divided by its own
-    # norm clamped below at eps, then the normalised rows are dotted.
-    g_n = g / jnp.maximum(_norm(g, axes), eps)
-    p_n = p / jnp.maximum(_norm(p, axes), eps)
-    return jnp.max(jnp.abs(jnp.sum(g_n * p_n, axis=axes)))
-
-
 def _project(
     p: jax.Array,
     g: jax.Array,
@@ -74,25 +62,31 @@ def _project(
     Views, tried in order: channel (one row per index of `axis`, each row = all other elements),
     then layer (the whole tensor as one row). The first view whose max |cos(g_row, p_row)| is
     below delta / sqrt(row length) removes from `perturb` its component along each p_row.
-    Both candidates are computed and selected with jnp.where so the step stays traceable.
+
+    Everything comes from four per-row sums (g.g, p.p, g.p, p.perturb), and the layer view's
+    sums are those of the rows. Following `adamp.AdamP` literally (normalise the rows, then
+    dot them, per view) takes about twice the passes over the tensor, each one more kernel
+    for XLA to compile: ~1,000 more for MAFFSRN's 343 leaves. Both views are evaluated and
+    selected with jnp.where so the step stays traceable.
     """
     if axis is None or p.size == 0:
         return perturb, 1.0
-    channel_axes = tuple(i for i in range(p.ndim) if i != axis)
-    views = (
-        (channel_axes, p.size // p.shape[axis]),
-        (tuple(range(p.ndim)), p.size),
-    )
-    candidates = []
-    for axes, row_len in views:
-        hit = _max_abs_cosine(g, p, axes, eps) < delta / math.sqrt(row_len)
-        p_n = p / (_norm(p, axes) + eps)
-        projected = perturb - p_n * jnp.sum(p_n * perturb, axis=axes, keepdims=True)
-        candidates.append((hit, projected))
-    (hit_channel, by_channel), (hit_layer, by_layer) = candidates
-    perturb = jnp.where(hit_channel, by_channel, jnp.where(hit_layer, by_layer, perturb))
+    rows = tuple(i for i in range(p.ndim) if i != axis)
+    sums = [jnp.sum(a * b, axis=rows, keepdims=True) for a, b in ((g, g), (p, p), (g, p))]
+    p_perturb = jnp.sum(p * perturb, axis=rows, keepdims=True)
+
+    def view(gg, pp, gp, pq, row_len):
+        # torch.nn.functional.cosine_similarity (torch >= 1.12) clamps each norm below at eps;
+        # the projection divides by (norm + eps)^2 (p_n = p / (|p| + eps) used twice).
+        cosine = jnp.abs(gp) / (jnp.maximum(jnp.sqrt(gg), eps) * jnp.maximum(jnp.sqrt(pp), eps))
+        hit = jnp.max(cosine) < delta / math.sqrt(row_len)
+        return hit, pq / jnp.square(jnp.sqrt(pp) + eps)
+
+    hit_channel, coef_channel = view(*sums, p_perturb, p.size // p.shape[axis])
+    hit_layer, coef_layer = view(*(jnp.sum(s) for s in (*sums, p_perturb)), p.size)
+    coef = jnp.where(hit_channel, coef_channel, jnp.where(hit_layer, coef_layer, 0.0))
     wd = jnp.where(hit_channel | hit_layer, wd_ratio, 1.0)
-    return perturb, wd
+    return perturb - p * coef, wd
 
 
 def _resolve_axes(channel_axis: ChannelAxis, params: Any) -> list[int | None]:
