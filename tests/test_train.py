@@ -237,6 +237,9 @@ def test_a_run_of_non_finite_steps_stops_training(tmp_path, data_dir):
             "--config.learning_rate=1e30",
             "--config.max_bad_steps=2",
             "--config.num_train_steps=20",
+            # One MAB: the stop is the training loop's, and this run compiles a step of its own.
+            "--config.model.n_mabs=1",
+            "--config.model.fusion=hff",
         )
     )
     assert out.returncode == 1, out.stderr[-3000:]

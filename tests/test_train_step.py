@@ -89,11 +89,22 @@ def test_three_steps_match_pytorch_and_adamp():
     assert np.sqrt(total_err / total_change) <= 1e-4
 
 
-def test_loss_decreases_on_a_fixed_batch():
+@pytest.fixture(scope="module")
+def small_step():
+    """One jitted step of a 2-MAB model shared by the tests below, fed float32 batches only
+    (a NaN needs float32, and a second input dtype would compile the step again)."""
     model = MAFFSRN(scale=2, n_ffgs=1, n_mabs=2)
     tx, step = _step_fn(model, lr_decay_steps=1000)
-    state = train_lib.create_train_state(train_lib.init_params(model, jax.random.key(0)), tx)
-    batch = _batch()
+    return train_lib.create_train_state(train_lib.init_params(model, jax.random.key(0)), tx), step
+
+
+def _float_batch() -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float32) for k, v in _batch().items()}
+
+
+def test_loss_decreases_on_a_fixed_batch(small_step):
+    state, step = small_step
+    batch = _float_batch()
     losses = []
     for _ in range(12):
         state, metrics = step(state, batch)
@@ -109,19 +120,21 @@ def test_lr_schedule_halves_every_decay_steps():
     np.testing.assert_allclose(got, [2e-4, 2e-4, 1e-4, 5e-5, 1.25e-5], rtol=1e-6)
 
 
-def test_non_finite_step_is_skipped_and_counted():
-    model = MAFFSRN(scale=2, n_ffgs=1, n_mabs=2)
-    tx, step = _step_fn(model)
-    state = train_lib.create_train_state(train_lib.init_params(model, jax.random.key(0)), tx)
-    good = _batch()
+def test_non_finite_step_is_skipped_and_counted(small_step):
+    state, step = small_step
+    good = _float_batch()
     state, _ = step(state, good)
     before = jax.device_get(state)
-    bad = {"lr": good["lr"].astype(np.float32), "hr": good["hr"].astype(np.float32)}
-    bad["lr"][0, 0, 0, 0] = np.nan
-    for i in range(2):
+    nan = _float_batch()
+    nan["lr"][0, 0, 0, 0] = np.nan
+    # Inputs of 1e20: the loss (~6e19) is finite, the gradient norm overflows float32.
+    huge = {k: v * np.float32(1e20) for k, v in _float_batch().items()}
+    for i, bad in enumerate((nan, nan, huge)):
         state, metrics = step(state, bad)
         assert not bool(metrics["finite"])
+        assert float(metrics["grad_norm"]) == 0.0
         assert int(state.bad_run) == i + 1
+    assert np.isfinite(float(metrics["loss"]))
     after = jax.device_get(state)
     same = jax.tree_util.tree_map(np.array_equal, before.params, after.params)
     assert all(jax.tree_util.tree_leaves(same))
@@ -130,7 +143,7 @@ def test_non_finite_step_is_skipped_and_counted():
             jax.tree_util.tree_map(np.array_equal, before.opt_state, after.opt_state)
         )
     )
-    assert int(after.skipped) == 2 and int(after.step) == 3
+    assert int(after.skipped) == 3 and int(after.step) == 4
     state, metrics = step(state, good)
     assert bool(metrics["finite"]) and int(state.bad_run) == 0
 
