@@ -69,7 +69,7 @@ def init_params(model: MAFFSRN, key: jax.Array) -> Any:
     """Parameters with PyTorch's initialisation (the same on every host and device count).
 
     Run eagerly: under jit, XLA compiles one threefry generator per parameter (44 s for
-    MAFFSRN x2 on the 2-core CPU); eagerly, the bucketed draws of `models._torch_uniform`
+    MAFFSRN x2 on the 2-core CPU); eagerly, the bucketed draws of `layers._torch_uniform`
     compile two. `lazy_init` skips the forward pass that `init` would also run op by op
     (~6 s in all instead of ~8 s; the same values).
     """

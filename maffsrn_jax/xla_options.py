@@ -3,7 +3,7 @@
 On CPU this jaxlib hands convolutions, dots and large reductions to YNNPACK, which runs a
 convolution on one thread. Switching the YNNPACK fusions off puts them on XLA's
 multi-threaded Eigen kernels instead. (Without YNNPACK, XLA rewrites a plain sum over many
-pixels into a slow tree of reduce-windows; `models._sum_pixels` is why that does not bite.)
+pixels into a slow tree of reduce-windows; `layers._sum_pixels` is why that does not bite.)
 Measured with `python -m maffsrn_jax.speed` (with and without `--xla-defaults`; the version
 that still ran both frameworks in one process) on a 2-core CPU, relative to PyTorch in the
 same run: the x2 train step went from 1.25x to 0.96x, x4 inference from 0.81x to 0.62x.

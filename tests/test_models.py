@@ -346,7 +346,7 @@ def test_init_values_follow_the_official_code():
 
 @pytest.mark.parametrize("shape", [(1,), (3, 3, 3, 32), (4096,), (4097,), (5, 5, 32, 48)])
 def test_bucketed_init_draw_is_the_plain_uniform_draw(shape):
-    from maffsrn_jax.models import _torch_uniform
+    from maffsrn_jax.layers import _torch_uniform
 
     key = jax.random.key(3)
     got = _torch_uniform(0.25)(key, shape)
