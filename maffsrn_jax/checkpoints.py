@@ -19,13 +19,13 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from maffsrn_jax.errors import first_line
+from maffsrn_jax.errors import Error, first_line
 
 STATE, MODEL = "state", "model"
 LATEST_DIR, BEST_DIR = "checkpoints", "best"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(Error):
     """A checkpoint that is missing, unreadable, or of another architecture."""
 
 

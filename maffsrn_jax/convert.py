@@ -14,7 +14,6 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from flax import traverse_util
 
 from maffsrn_jax import checkpoints
 from maffsrn_jax.checkpoints import CheckpointError
+from maffsrn_jax.errors import run_cli
+from maffsrn_jax.files import write_file_atomic
 from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE
 
 __all__ = [
@@ -335,21 +336,16 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLik
     if suffix not in (".pt", ".pth", ".safetensors"):
         raise CheckpointError(f"{p}: output must end in .pt, .pth or .safetensors")
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if suffix == ".safetensors":
-            from safetensors.numpy import save_file
+    if suffix == ".safetensors":
+        from safetensors.numpy import save_file
 
-            save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, tmp)
-        else:
-            import torch
+        arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
+        write_file_atomic(p, lambda tmp: save_file(arrays, tmp))
+    else:
+        import torch
 
-            torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
+        write_file_atomic(p, lambda tmp: torch.save(tensors, tmp))
 
 
 def save_flax(model: MAFFSRN, variables: Mapping[str, Any], directory: str | os.PathLike) -> Path:
@@ -376,19 +372,18 @@ def main(argv: list[str] | None = None) -> int:
     f2t.add_argument("output")
     f2t.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "torch-to-flax":
-            model, variables = load_pretrained(args.input)
-            save_flax(model, variables, args.output_dir)
-            print(f"wrote {args.output_dir} (MAFFSRN x{model.scale}, {model.n_ffgs} FFGs)")
-        else:
-            model, variables = load_pretrained(args.checkpoint, step=args.step)
-            save_state_dict(flax_to_torch(model, variables), args.output)
-            print(f"wrote {args.output} (MAFFSRN x{model.scale}, {model.n_ffgs} FFGs)")
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.command == "torch-to-flax":
+        model, variables = load_pretrained(args.input)
+        save_flax(model, variables, args.output_dir)
+        print(f"wrote {args.output_dir} (MAFFSRN x{model.scale}, {model.n_ffgs} FFGs)")
+    else:
+        model, variables = load_pretrained(args.checkpoint, step=args.step)
+        save_state_dict(flax_to_torch(model, variables), args.output)
+        print(f"wrote {args.output} (MAFFSRN x{model.scale}, {model.n_ffgs} FFGs)")
 
 
 if __name__ == "__main__":

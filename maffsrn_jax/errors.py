@@ -1,6 +1,17 @@
-"""Error text for the one-line messages every entry point prints."""
+"""The package's error type and the one-line error report every command prints."""
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class Error(ValueError):
+    """Bad input the user can fix: a flag, a file, a checkpoint, a dataset.
+
+    Each module's error (`CheckpointError`, `DataError`, `ImageError`, ...) derives from it,
+    and the message alone (no traceback) names the flag or file and what is wrong with it.
+    """
 
 
 def first_line(e: BaseException) -> str:
@@ -11,3 +22,28 @@ def first_line(e: BaseException) -> str:
     """
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
+
+
+def os_error_line(e: OSError) -> str:
+    """'FILE: reason' for an OSError (disk full, permission denied, ...)."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or first_line(e)}"
+
+
+def run_cli(run: Callable[[], int | None]) -> int:
+    """Runs a command's body; bad input becomes one `error:` line and exit status 2.
+
+    Exit statuses: 0 done, what `run` returns, 2 bad input or an unwritable output,
+    130 Ctrl-C. Anything else is a bug and keeps its traceback.
+    """
+    try:
+        return run() or 0
+    except Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

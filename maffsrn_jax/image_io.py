@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import os
 import struct
-import uuid
 import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from maffsrn_jax.errors import Error
+from maffsrn_jax.files import write_atomic
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class ImageError(ValueError):
+class ImageError(Error):
     """A file that cannot be read or written as an image; the message names the file."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -195,22 +197,6 @@ def _encode_png(arr: np.ndarray, filters: np.ndarray | None = None) -> bytes:
     ])
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Calls `write(file)` on a temporary file beside `path`, then renames it over `path`."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        # os.open with 0o666 lets the umask decide permissions, as a plain open() would.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_image(path: str | os.PathLike, arr: np.ndarray) -> None:
     """Writes `arr` to `path` atomically (no partial file on error or interruption).
 
@@ -241,7 +227,7 @@ def save_image(path: str | os.PathLike, arr: np.ndarray) -> None:
         img = Image.fromarray(arr)
         write = lambda f: img.save(f, format=fmt)
     try:
-        _write_atomic(path, write)
+        write_atomic(path, write)
     except OSError as e:
         raise ImageError(path, f"cannot write ({e.strerror or e})") from None
     except (ValueError, KeyError) as e:  # Pillow: mode unsupported by the format, e.g. RGBA JPEG.

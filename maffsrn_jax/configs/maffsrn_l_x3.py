@@ -1,6 +1,6 @@
 """MAFFSRN-L (8 FFGs) x3, the paper's recipe on DIV2K."""
 
-from configs import default
+from maffsrn_jax.configs import default
 
 
 def get_config():

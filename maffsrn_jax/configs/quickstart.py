@@ -3,7 +3,7 @@
 Trains on most of them and reports PSNR/SSIM on held-out ones beside bicubic's.
 """
 
-from configs import default
+from maffsrn_jax.configs import default
 
 
 def get_config():

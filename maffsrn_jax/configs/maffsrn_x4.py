@@ -1,6 +1,6 @@
 """MAFFSRN x4, the paper's recipe on DIV2K (set --config.data.dir to your DIV2K root)."""
 
-from configs import default
+from maffsrn_jax.configs import default
 
 
 def get_config():
