@@ -134,6 +134,12 @@ def adamp(
     The returned updates are new_params - params, so `optax.apply_updates(params, updates)`
     gives AdamP's new parameters (weight decay included). `update` requires `params`.
 
+    One transformation rather than a chain of optax's (`scale_by_adam`, a projection,
+    `add_decayed_weights`, `scale_by_learning_rate`): the decay multiplier depends on whether
+    the projection fired, and the projection needs the raw gradient beside the Adam
+    direction, which a chain's single `updates` tree cannot carry from stage to stage. The
+    state follows `optax.ScaleByAdamState`'s names (`count`, `mu`, `nu`).
+
     Args:
       learning_rate: a float, or an optax schedule evaluated at the update count (0 for the
         first update, like `optax.adam`); the bias corrections use t = count + 1.

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,3 +54,21 @@ def torch_reference(scale: int = 2, n_ffgs: int = 1, seed: int = 0, **arch):
             elif name.endswith(".scale"):
                 p.copy_(torch.empty(p.shape).uniform_(0.25, 1.5, generator=gen))
     return net
+
+
+def flax_forward(model, variables: dict, x: np.ndarray) -> np.ndarray:
+    """NHWC numpy in and out. Eager on purpose: op-by-op dispatch reuses each compiled conv
+    across the many small model variants the tests build, where jit would compile every
+    variant whole (seconds each)."""
+    import jax.numpy as jnp
+
+    return np.asarray(model.apply(variables, jnp.asarray(x)))
+
+
+def torch_forward(net, x: np.ndarray) -> np.ndarray:
+    """NHWC numpy in and out, NCHW inside."""
+    import torch
+
+    with torch.no_grad():
+        y = net(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
+    return y.numpy().transpose(0, 2, 3, 1)

@@ -25,9 +25,8 @@ from maffsrn_jax import checkpoints, convert, torch_model
 from maffsrn_jax.checkpoints import CheckpointError
 from maffsrn_jax.models import MAFFSRN
 
-from .conftest import torch_reference
+from .conftest import REPO, flax_forward, torch_forward, torch_reference
 
-REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 # The tensors here are tiny: torch's intra-op thread pool only spins on a shared machine.
 torch.set_num_threads(1)
@@ -61,17 +60,6 @@ def assert_same_state_dict(a: dict, b: dict) -> None:
 
 def images(shape=(1, 37, 50, 3), seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).random(shape, dtype=np.float32)
-
-
-def flax_forward(model: MAFFSRN, variables: dict, x: np.ndarray) -> np.ndarray:
-    # Eager: its per-op compile cache is shared by every model of the same size here.
-    return np.asarray(model.apply(variables, jnp.asarray(x)))
-
-
-def torch_forward(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        y = net(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
-    return y.numpy().transpose(0, 2, 3, 1)
 
 
 def with_torch_weight_norm(net: torch.nn.Module) -> torch.nn.Module:

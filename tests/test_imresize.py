@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from maffsrn_jax import image_io
 from maffsrn_jax.imresize import _cubic, _round_like_matlab, imresize, modcrop, rgb_to_y
 
-
-def set5_dir() -> Path:
-    """`../shared/benchmarks/Set5` beside the checkout, or skip (absent on users' machines)."""
-    d = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "Set5"
-    if not (d / "HR").is_dir():
-        pytest.skip(f"needs the Set5 benchmark images at {d} (only in the team's checkout)")
-    return d
+from .conftest import set5_dir
 
 
 def test_cubic_kernel_values():

@@ -17,7 +17,7 @@ from maffsrn_jax import bench, image_io
 from maffsrn_jax import input_pipeline as ip
 from maffsrn_jax.imresize import imresize, modcrop
 
-REPO = Path(__file__).resolve().parents[1]
+from .conftest import REPO
 
 
 def _noise(h, w, c=3, dtype=np.uint8, seed=0):

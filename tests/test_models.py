@@ -18,25 +18,12 @@ import torch.nn.functional as F
 from maffsrn_jax import convert, models, ops, torch_model
 from maffsrn_jax.models import ESA_CONVS, MAFFSRN, MIN_INPUT_SIZE, Conv, count_params
 
-from .conftest import torch_reference
+from .conftest import flax_forward, torch_forward, torch_reference
 
 TOL = 1e-5  # max abs, float32 on CPU
 DEFAULT_ESA = "3x3+dil3x3"
 # The tensors here are tiny: torch's intra-op thread pool only spins on a shared machine.
 torch.set_num_threads(1)
-
-
-def flax_forward(model: MAFFSRN, variables: dict, x: np.ndarray) -> np.ndarray:
-    # Eager on purpose: op-by-op dispatch reuses each compiled conv across the many small
-    # model variants here, where jit would compile every variant whole (seconds each).
-    return np.asarray(model.apply(variables, jnp.asarray(x)))
-
-
-def torch_forward(net: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    """NHWC numpy in and out, NCHW inside."""
-    with torch.no_grad():
-        y = net(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))))
-    return y.numpy().transpose(0, 2, 3, 1)
 
 
 def to_flax(net: torch_model.MAFFSRN, **arch) -> tuple[MAFFSRN, dict]:
