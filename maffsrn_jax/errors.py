@@ -45,5 +45,6 @@ def run_cli(run: Callable[[], int | None]) -> int:
         print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        # Every output goes through files.write_atomic, so nothing is left half-written.
+        print("error: interrupted (no partial output was written)", file=sys.stderr)
         return 130

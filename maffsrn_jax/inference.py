@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +29,7 @@ import jax
 import numpy as np
 
 from maffsrn_jax import convert, image_io, xla_options
+from maffsrn_jax.errors import Error, run_cli
 from maffsrn_jax.models import MIN_INPUT_SIZE
 
 UpscaleFn = Callable[[np.ndarray], np.ndarray]
@@ -221,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP)
     parser.add_argument("images", nargs="+", help="LR input images")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
+        try:
+            check_tiling(args.tile, args.overlap)
+        except ValueError as e:
+            raise Error(f"--tile {args.tile} --overlap {args.overlap}: {e}") from None
         model, variables = convert.load_pretrained(args.checkpoint)
         fn = model_fn(model, variables)
         for path in args.images:
@@ -235,10 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             psnr = 10 * np.log10(1 / mse) if mse else float("inf")
             print(f"{path} {x.shape[0]}x{x.shape[1]} tile {args.tile}/{args.overlap}: "
                   f"{psnr:.2f} dB, max |diff| {np.abs(tiled - full).max() * 255:.2f} levels")
-    except ValueError as e:  # CheckpointError, ImageError and bad tile settings.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from maffsrn_jax import convert, image_io, inference, metrics, xla_options
+from maffsrn_jax.errors import Error, run_cli
+from maffsrn_jax.files import list_images
 from maffsrn_jax.imresize import imresize
-from maffsrn_jax.input_pipeline import IMAGE_EXTENSIONS
 
 
-class UpscaleError(ValueError):
+class UpscaleError(Error):
     """Bad arguments; the message names the flag or path."""
 
 
@@ -76,16 +77,12 @@ def upscale_image(
     return out
 
 
-def _is_image_name(path: Path) -> bool:
-    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
 def plan(input_path: Path, output_path: Path) -> tuple[list[tuple[Path, Path]], bool]:
     """([(input file, output file)], whether the input is a directory), checked up front."""
     if input_path.is_dir():
         if output_path.exists() and not output_path.is_dir():
             raise UpscaleError(f"--output {output_path}: exists and is not a directory")
-        inputs = sorted(p for p in input_path.iterdir() if p.is_file() and _is_image_name(p))
+        inputs = list_images(input_path)
         if not inputs:
             raise UpscaleError(f"--input {input_path}: no image files in the directory")
         jobs = [(p, output_path / f"{p.stem}.png") for p in inputs]
@@ -178,17 +175,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     xla_options.keep_freed_memory()
-    try:
-        return run(args)
-    except (UpscaleError, image_io.ImageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # e.g. an output directory that cannot be created.
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (no partial output was written)", file=sys.stderr)
-        return 130
+    return run_cli(lambda: run(args))
 
 
 if __name__ == "__main__":

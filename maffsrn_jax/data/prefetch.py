@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -130,11 +131,8 @@ def train_iterator(
     `prefetch` ahead of the consumer. Call `close()` (or use it as a context manager) to stop
     the threads early; exiting the interpreter never waits on them.
     """
-    # Fail now, in the caller, on arguments batch_at would reject.
-    batch_at(dataset, start_step, seed=seed, global_batch_size=global_batch_size,
-             patch_size=patch_size, scale=scale, process_index=process_index,
-             process_count=process_count)
-    make = lambda step: batch_at(
-        dataset, step, seed=seed, global_batch_size=global_batch_size, patch_size=patch_size,
+    make = functools.partial(
+        batch_at, dataset, seed=seed, global_batch_size=global_batch_size, patch_size=patch_size,
         scale=scale, process_index=process_index, process_count=process_count)
+    make(start_step)  # Fails now, in the caller, on arguments batch_at would reject.
     return _BatchIterator(make, start_step, num_threads, prefetch)
