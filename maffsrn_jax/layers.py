@@ -22,8 +22,8 @@ import jax.numpy as jnp
 Dtype = Any
 
 
-# Eager draws compile one random generator per distinct size (~1 s each on a 2-core CPU,
-# most of `model.init`'s time); drawing whole buckets of sizes compiles a few.
+# Eager draws compile one random generator per distinct size (most of `model.init`'s time
+# on a CPU); drawing whole buckets of sizes compiles a few.
 _MIN_DRAW = 4096
 
 
@@ -157,7 +157,7 @@ def _pointwise_concat(parts: list[jax.Array], kernel: jax.Array, interleave: boo
     """1x1 convolution of the channel concatenation of G parts [N, H, W, C] -> [N, H, W, O].
 
     Computed as sum_g parts[g] @ rows_g(kernel), one matmul per part, so the concatenation
-    is never materialised (that copy cost ~17% of the x4 inference time). With
+    is never materialised (a copy as large as the activations). With
     `interleave` the input is channel_shuffle(concat(parts), G), whose channel k is channel
     k // G of part k % G, so part g meets kernel rows g, g + G, g + 2G, ...
     """

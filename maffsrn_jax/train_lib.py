@@ -68,10 +68,10 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 def init_params(model: MAFFSRN, key: jax.Array) -> Any:
     """Parameters with PyTorch's initialisation (the same on every host and device count).
 
-    Run eagerly: under jit, XLA compiles one threefry generator per parameter (44 s for
-    MAFFSRN x2 on the 2-core CPU); eagerly, the bucketed draws of `layers._torch_uniform`
-    compile two. `lazy_init` skips the forward pass that `init` would also run op by op
-    (~6 s in all instead of ~8 s; the same values).
+    Run eagerly: under jit, XLA compiles one threefry generator per parameter (most of a
+    minute for MAFFSRN x2 on a small CPU); eagerly, the bucketed draws of
+    `layers._torch_uniform` compile two. `lazy_init` skips the forward pass that `init` would
+    also run op by op (the same values).
     """
     x = jax.ShapeDtypeStruct((1, MIN_INPUT_SIZE, MIN_INPUT_SIZE, 3), jnp.float32)
     return model.lazy_init(key, x)["params"]
