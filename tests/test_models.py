@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maffsrn_jax import convert, models, ops, torch_model
+from maffsrn_jax import convert, layers, ops, torch_model
 from maffsrn_jax.models import ESA_CONVS, MAFFSRN, MIN_INPUT_SIZE, Conv, count_params
 
 from .conftest import flax_forward, torch_forward, torch_reference
@@ -239,7 +239,7 @@ def test_depthwise_gradients_match_torch(k, dilation, shifted, monkeypatch):
     # On CPU the depthwise conv has a hand-written VJP (per-image kernel gradient); other
     # backends use XLA's grouped convolution. Check both paths' output and gradients against
     # torch autograd on a batch of several images.
-    monkeypatch.setattr(models, "_shifted_depthwise", lambda: shifted)
+    monkeypatch.setattr(layers, "_shifted_depthwise", lambda: shifted)
     c, pad = 8, dilation * (k - 1) // 2
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(c, c, k, padding=pad, dilation=dilation, groups=c)
