@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -137,7 +138,7 @@ def restore(
                 restored = mngr.restore(step, args=ocp.args.Composite(**items))
             except (ValueError, KeyError, FileNotFoundError, OSError) as e:
                 raise CheckpointError(
-                    f"{root}/{step}: unreadable checkpoint ({first_line(e)})"
+                    f"{root}/{step}: unreadable checkpoint ({_short(first_line(e))})"
                 ) from e
         finally:
             mngr.close()
@@ -236,6 +237,11 @@ def remove_unfinished(root: str | os.PathLike) -> list[Path]:
     for p in removed:
         shutil.rmtree(p, ignore_errors=True)
     return removed
+
+
+def _short(message: str) -> str:
+    """A TensorStore error without the JSON spec it appends (hundreds of characters)."""
+    return re.sub(r"\s*\[tensorstore_spec='.*?'\]", "", message)
 
 
 @contextlib.contextmanager
