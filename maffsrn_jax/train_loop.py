@@ -17,6 +17,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging as std_logging
+import os
+import re
 import signal
 import sys
 import time
@@ -153,8 +156,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     check_config(config)
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
-    with lock:
-        return _train_and_evaluate(config, Path(workdir))
+    quiet, absl_logger = _QuietOrbaxErrors(), std_logging.getLogger("absl")
+    absl_logger.addFilter(quiet)
+    try:
+        with lock:
+            return _train_and_evaluate(config, Path(workdir))
+    finally:
+        absl_logger.removeFilter(quiet)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_p: Path) -> dict[str, Any]:
@@ -395,12 +403,25 @@ class WriteFailed(Exception):
     def __init__(self, path: Path, what: str, cause: BaseException):
         super().__init__(f"{path}: {cause}")
         self.path, self.what, self.cause = path, what, cause
-        if isinstance(cause, OSError) and cause.strerror:
-            self.reason = cause.strerror
+        code = cause.errno if isinstance(cause, OSError) else None
+        if code is None and (m := re.search(r"os_error_code='?(\d+)", str(cause))):
+            code = int(m.group(1))  # TensorStore's report of a failed write
+        if code:
+            self.reason = os.strerror(code)
         else:
             self.reason = first_line(cause)
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EFBIG):
-            self.reason = f"{self.reason}: the disk is full or the file size limit reached"
+        if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            self.reason += ": the disk, quota or file size limit is full"
+
+
+class _QuietOrbaxErrors(std_logging.Filter):
+    """Drops Orbax's ERROR records (tracebacks of a failed background save) during a run.
+
+    The failure reaches the loop as an exception and is reported there in one line.
+    """
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not (record.levelno >= std_logging.ERROR and "orbax" in record.pathname)
 
 
 def warn(message: str) -> None:

@@ -402,3 +402,17 @@ def test_bench_faults_short_schedule():
     assert any(ln.startswith("damaged checkpoint:") for ln in lines)
     assert any("in use by another run" in ln for ln in lines)
     assert time.time() - start < 900
+
+
+def test_a_failed_background_save_reads_as_the_os_error():
+    from maffsrn_jax.train_loop import WriteFailed
+
+    # What TensorStore raises when RLIMIT_FSIZE stops an Orbax write.
+    cause = ValueError(
+        'OUT_OF_RANGE: Error writing "params.w/0" in OCDBT database at local file "/w/": '
+        "Failed to write 62516 bytes to file 4: File too large [os_error_code='27']"
+    )
+    failed = WriteFailed(Path("/w/checkpoints"), "checkpoint", cause)
+    assert failed.reason == "File too large: the disk, quota or file size limit is full"
+    enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/w/metrics.jsonl")
+    assert WriteFailed(Path("/w"), "metrics", enospc).reason.startswith("No space left")
