@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,6 +138,7 @@ def restore(
             try:
                 restored = mngr.restore(step, args=ocp.args.Composite(**items))
             except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+                _ignore_late_tensorstore_callbacks()
                 raise CheckpointError(
                     f"{root}/{step}: unreadable checkpoint ({_short(first_line(e))})"
                 ) from e
@@ -237,6 +239,28 @@ def remove_unfinished(root: str | os.PathLike) -> list[Path]:
     for p in removed:
         shutil.rmtree(p, ignore_errors=True)
     return removed
+
+
+def _ignore_late_tensorstore_callbacks() -> None:
+    """Silences the reads a failed restore leaves in flight.
+
+    When one read of a damaged step fails, Orbax closes its event loop while TensorStore
+    still completes the step's other reads; each completion then fails to reach the closed
+    loop and Python prints a traceback ("Event loop is closed") through
+    `sys.unraisablehook`, long after the failure was reported in one line.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._drops_closed_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _short(message: str) -> str:
