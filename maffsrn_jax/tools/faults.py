@@ -196,8 +196,12 @@ def kill_at(trainer: Trainer, proc: subprocess.Popen, moment: dict, startup_s: f
     where = ""
     while time.monotonic() < deadline and proc.poll() is None:
         if kind == "startup":
+            # Start-up ends at the first step; a kill not due by then lands right there.
+            if max(trainer.logged_steps(), default=0) > base:
+                where = "at the end of start-up (first step logged)"
+                break
             if time.monotonic() - t0 >= moment["fraction"] * startup_s:
-                where = "during start-up / compilation"
+                where = f"during start-up / compilation ({time.monotonic() - t0:.1f}s after launch)"
                 break
             time.sleep(0.01)
         elif kind == "steps":
@@ -324,12 +328,15 @@ def _run(args: argparse.Namespace, root: Path, steps: int, t_start: float) -> in
     run_s = time.monotonic() - t0
     startup_s = startup_s or run_s
     say(f"uninterrupted run: {run_s:.1f}s (first step logged after {startup_s:.1f}s)")
-    # Restarts load compilations from the cache: time start-up again, warm.
+    # Restarts load compilations from the cache: time start-up (to the first step) warm.
     warm = Trainer(root, root / "warm", 1)
     t0, proc = time.monotonic(), warm.start()
-    proc.wait()
+    while proc.poll() is None and not warm.logged_steps():
+        time.sleep(0.02)
     startup_s = time.monotonic() - t0
+    proc.wait()
     shutil.rmtree(warm.workdir, ignore_errors=True)
+    say(f"restart start-up (compilations cached): {startup_s:.1f}s")
 
     faulted = Trainer(root, root / "faulted", steps)
     survived, injected = 0, 0
