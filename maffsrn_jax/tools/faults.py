@@ -139,15 +139,21 @@ class Trainer:
         except OSError:
             return []
 
-    def kept_step(self) -> int | None:
-        """The newest step folder with its commit marker (what a restart would try first)."""
+    def finished_steps(self) -> list[int]:
+        """The step folders with their commit marker."""
         d = self.workdir / "checkpoints"
-        steps = [
-            int(p.name)
-            for p in (d.iterdir() if d.is_dir() else [])
-            if p.name.isdigit() and (p / "commit_success.txt").exists()
-        ]
-        return max(steps) if steps else None
+        try:
+            dirs = list(d.iterdir())
+        except OSError:
+            return []
+        return sorted(
+            int(p.name) for p in dirs if p.name.isdigit() and (p / "commit_success.txt").exists()
+        )
+
+    def kept_step(self) -> int | None:
+        """The newest finished step folder (what a restart tries first)."""
+        steps = self.finished_steps()
+        return steps[-1] if steps else None
 
 
 def warnings_and_errors(log: Path) -> list[str]:
@@ -367,10 +373,13 @@ def _run(args: argparse.Namespace, root: Path, steps: int, t_start: float) -> in
         # killed by the next kill or finishing well both went on from the kept state).
         survived += 1
 
-    # Damage the newest checkpoint once: let the last restart save a step, stop it hard.
+    # Damage the newest checkpoint once: let the last restart save a step, with an older
+    # finished step to fall back on, then stop it hard.
     rng = np.random.default_rng(args.seed + 1)
     base = max(faulted.logged_steps(), default=0)
-    while proc.poll() is None and max(faulted.logged_steps(), default=0) <= base + 1:
+    while proc.poll() is None and (
+        max(faulted.logged_steps(), default=0) <= base + 1 or len(faulted.finished_steps()) < 2
+    ):
         time.sleep(0.05)
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
