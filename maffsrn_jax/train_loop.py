@@ -462,10 +462,11 @@ def recover(workdir: Path):
             )
         for s, problem in sorted(found.damaged.items(), reverse=True):
             dest = checkpoints.move_aside(latest_root / str(s), workdir)
-            warn(
-                f"{latest_root / str(s)}: damaged ({problem}); skipped it and resumed from "
-                f"step {found.step}; moved it to {dest}"
-            )
+            if s > found.step:
+                what = f"skipped it and resumed from step {found.step}"
+            else:  # e.g. a removal of an old step (beyond keep_checkpoints) cut short
+                what = f"older than step {found.step}, which the run resumes from"
+            warn(f"{latest_root / str(s)}: damaged ({problem}); {what}; moved it to {dest}")
         best_found = checkpoints.scan(best_root)
         for s, problem in sorted(best_found.damaged.items(), reverse=True):
             dest = checkpoints.move_aside(best_root / str(s), workdir)
