@@ -1,8 +1,11 @@
 """Train MAFFSRN: `python train.py --config configs/<name>.py --workdir DIR [--config.<field>=v]`.
 
-Running the same command again resumes from the latest checkpoint in DIR, bit-identically.
-SIGTERM / Ctrl-C saves a checkpoint and exits. Multi-host: pass --coordinator_address,
---num_processes and --process_id to every process (or run under SLURM, which JAX detects).
+Running the same command again resumes from the newest intact checkpoint in DIR and ends
+bit-identical to an uninterrupted run, after SIGTERM / Ctrl-C (which save a checkpoint and
+exit), SIGKILL, a crash, a damaged checkpoint (skipped, moved to DIR/damaged/) or a full
+disk; each fault is reported in one line. A second run on a DIR in use exits at once.
+Multi-host: pass --coordinator_address, --num_processes and --process_id to every process
+(or run under SLURM, which JAX detects).
 """
 
 from __future__ import annotations

@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch", type=_positive, default=4, help="batches computed ahead")
     p.add_argument("--cache-dir", default="", help="decoded-image cache (default: ~/.cache)")
     p.set_defaults(func=run_input)
+
+    from maffsrn_jax.tools import faults
+
+    faults.add_parser(sub)
     return parser
 
 

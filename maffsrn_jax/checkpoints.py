@@ -4,15 +4,23 @@ A checkpoint directory is an Orbax `CheckpointManager` root whose step folders h
 items: `state` (a pytree with at least `params`; training adds `opt_state`, `step`, ...)
 and `model` (JSON: the MAFFSRN constructor fields), so a checkpoint says what it is.
 train.py's workdir keeps the latest steps in `checkpoints/` and the best one in `best/`.
-Orbax writes each step to a temporary folder and renames it when complete, so a crash
-mid-save leaves the previous checkpoints usable.
+Orbax writes each step to a temporary folder (`<step>.orbax-checkpoint-tmp-*`), puts a
+`commit_success.txt` marker in it and renames it when complete, so a crash mid-save leaves
+the previous checkpoints usable. `scan` finds the newest step that is whole and readable
+(a step folder without its marker, or with a file truncated, deleted or overwritten, is
+damaged), which is where a run resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import re
+import shutil
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,9 @@ from maffsrn_jax.errors import Error, first_line
 
 STATE, MODEL = "state", "model"
 LATEST_DIR, BEST_DIR = "checkpoints", "best"
+COMMIT_MARKER = "commit_success.txt"  # Orbax writes it last, before the rename
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # an unfinished write: `<step>.orbax-checkpoint-tmp-<n>`
+DAMAGED_DIR = "damaged"  # where train.py moves damaged steps aside, in the workdir
 
 
 class CheckpointError(Error):
@@ -87,7 +98,7 @@ def resolve(path: str | os.PathLike) -> tuple[Path, int | None]:
         raise CheckpointError(f"{p}: not a checkpoint directory")
     if (p / LATEST_DIR).is_dir():
         p = p / LATEST_DIR
-    if (p / STATE).is_dir() and (p / MODEL).exists() and p.name.isdigit():
+    if p.name.isdigit() and any((p / n).exists() for n in (STATE, MODEL, COMMIT_MARKER)):
         return p.parent, int(p.name)
     return p, None
 
@@ -102,6 +113,10 @@ def restore(
     """
     root, named_step = resolve(path)
     step = named_step if step is None else step
+    if step is None and (dirs := step_dirs(root)):
+        step = max(dirs)  # the newest step, damaged or not: loading an older one is a choice
+    if step is not None and (root / str(step)).is_dir() and (problem := step_problem(root, step)):
+        raise CheckpointError(f"{root / str(step)}: damaged checkpoint ({problem})")
     state_args = ocp.args.StandardRestore(target)  # None: restore as saved (nested dicts)
     # Orbax logs every restore at INFO and a read-only manager at WARNING ("Given directory
     # is read only"); a user loading weights should see one line, and real failures raise.
@@ -123,12 +138,134 @@ def restore(
             try:
                 restored = mngr.restore(step, args=ocp.args.Composite(**items))
             except (ValueError, KeyError, FileNotFoundError, OSError) as e:
+                _ignore_late_tensorstore_callbacks()
                 raise CheckpointError(
-                    f"{root}/{step}: unreadable checkpoint ({first_line(e)})"
+                    f"{root}/{step}: unreadable checkpoint ({_short(first_line(e))})"
                 ) from e
         finally:
             mngr.close()
     return restored[STATE], dict(restored[MODEL]), step
+
+
+def step_dirs(root: str | os.PathLike) -> dict[int, Path]:
+    """The finished step folders (named by their step number) under a manager root."""
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    return {int(p.name): p for p in root.iterdir() if p.name.isdigit() and p.is_dir()}
+
+
+def unfinished_writes(root: str | os.PathLike) -> list[Path]:
+    """Temporary step folders of saves that never finished (the writer was killed)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if TMP_SUFFIX in p.name)
+
+
+def step_problem(root: str | os.PathLike, step: int) -> str | None:
+    """What is structurally wrong with step folder `root/step` (None: nothing visible).
+
+    Cheap checks only (the commit marker and both items); `scan` also reads the step.
+    """
+    d = Path(root) / str(step)
+    if not d.is_dir():
+        return "no such step folder"
+    if not (d / COMMIT_MARKER).is_file():
+        return f"no {COMMIT_MARKER}: its write never finished"
+    for item in (STATE, MODEL):
+        if not (d / item).is_dir():
+            return f"its {item}/ folder is missing"
+    return None
+
+
+@dataclasses.dataclass
+class Scan:
+    """The outcome of `scan`: the newest intact step (None: none) and what was passed over."""
+
+    root: Path
+    step: int | None
+    state: Any = None
+    model_config: dict[str, Any] | None = None
+    damaged: dict[int, str] = dataclasses.field(default_factory=dict)  # step -> what is wrong
+
+
+def scan(root: str | os.PathLike) -> Scan:
+    """Reads the newest step under `root` that restores cleanly, noting every damaged step.
+
+    A step counts as intact only if it has its commit marker and both items restore: Orbax's
+    OCDBT store checksums what it reads, so a truncated, deleted or overwritten file shows
+    up as a failed restore. Older steps than the intact one are checked only cheaply.
+    """
+    root = Path(root)
+    result = Scan(root=root, step=None)
+    for step in sorted(step_dirs(root), reverse=True):
+        problem = step_problem(root, step)
+        if problem is None and result.step is None:
+            try:
+                result.state, result.model_config, _ = restore(root, step)
+                result.step = step
+            except CheckpointError as e:
+                problem = str(e).split(": ", 1)[-1]
+        if problem is not None:
+            result.damaged[step] = problem
+    return result
+
+
+def move_aside(step_dir: Path, workdir: str | os.PathLike) -> Path:
+    """Moves a damaged step folder to `workdir/damaged/` (kept for a person to inspect).
+
+    A resumed run saves the same step numbers again, so the damaged folder cannot stay
+    where it is; moving it keeps it without letting Orbax see or delete it.
+    """
+    dest_dir = Path(workdir) / DAMAGED_DIR
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = dest_dir / f"{step_dir.parent.name}-{step_dir.name}-{stamp}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = dest_dir / f"{step_dir.parent.name}-{step_dir.name}-{stamp}-{n}"
+    shutil.move(str(step_dir), str(dest))
+    return dest
+
+
+def remove_unfinished(root: str | os.PathLike) -> list[Path]:
+    """Deletes the temporary folders of saves that never finished; returns what it deleted.
+
+    They never received their commit marker, so they hold nothing a resume could use.
+    """
+    removed = unfinished_writes(root)
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed
+
+
+def _ignore_late_tensorstore_callbacks() -> None:
+    """Silences the reads a failed restore leaves in flight.
+
+    When one read of a damaged step fails, Orbax closes its event loop while TensorStore
+    still completes the step's other reads; each completion then fails to reach the closed
+    loop and Python prints a traceback ("Event loop is closed") through
+    `sys.unraisablehook`, long after the failure was reported in one line.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_drops_closed_loop", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._drops_closed_loop = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _short(message: str) -> str:
+    """A TensorStore error without the JSON spec it appends (hundreds of characters)."""
+    return re.sub(r"\s*\[tensorstore_spec='.*?'\]", "", message)
 
 
 @contextlib.contextmanager

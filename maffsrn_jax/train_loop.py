@@ -3,13 +3,23 @@
 One call trains (or resumes) a model in `workdir`: data from `maffsrn_jax.data`, steps from
 `maffsrn_jax.train_lib`, Orbax checkpoints in `workdir/checkpoints` (latest) and
 `workdir/best` (best validation PSNR), `metrics.jsonl` and TensorBoard summaries. Running it
-again on the same workdir resumes from the latest checkpoint and ends bit-identical to an
-uninterrupted run. SIGTERM / Ctrl-C saves a checkpoint and raises `Interrupted`.
+again on the same workdir resumes from the newest intact checkpoint and ends bit-identical to
+an uninterrupted run, whatever stopped it: SIGTERM / Ctrl-C (a checkpoint is saved and
+`Interrupted` raised), SIGKILL or a crash at any moment (unfinished checkpoint writes are
+removed, damaged steps moved to `workdir/damaged/`, metrics lines past the resumed step or
+torn mid-write dropped), or a full disk (`TrainingError` naming the checkpoint kept). A
+second run on a workdir in use stops at once (`WorkdirBusy`). Each fault met on the way is
+reported as one `warning:` line on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging as std_logging
+import os
+import re
 import signal
 import sys
 import time
@@ -22,8 +32,9 @@ import numpy as np
 from absl import logging
 
 from maffsrn_jax import evaluation
-from maffsrn_jax.errors import Error
+from maffsrn_jax.errors import Error, first_line
 from maffsrn_jax.files import write_atomic
+from maffsrn_jax.workdir_lock import WorkdirLock
 
 
 class TrainingError(Error, RuntimeError):
@@ -71,24 +82,39 @@ class MetricsLog:
     """`metrics.jsonl` (process 0): one JSON object per line, flushed as written.
 
     On resume, lines logged after the checkpoint being resumed are dropped (atomically), so
-    the file reads as if the run had never stopped.
+    the file reads as if the run had never stopped, and so is a line torn by a kill mid-write.
     """
 
     def __init__(self, path: Path, resume_step: int, enabled: bool):
         self.path, self.enabled = path, enabled
+        self.records: list[dict[str, Any]] = []
         if enabled and path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+            kept, torn = [], 0
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    torn += bool(line.strip())
+                    continue
+                if isinstance(record, dict) and record.get("step", 0) <= resume_step:
+                    kept.append(line)
+                    self.records.append(record)
+            if torn:
+                warn(f"{path}: dropped {torn} torn line(s) (a write cut short); kept {len(kept)}")
             write_atomic(path, "".join(line + "\n" for line in kept))
         self.file = open(path, "a") if enabled else None
 
+    def has(self, step: int, key: str) -> bool:
+        """Whether a kept line of `step` holds `key` (e.g. whether step's evaluation is logged)."""
+        return any(r.get("step") == step and key in r for r in self.records)
+
     def write(self, record: dict[str, Any]) -> None:
         if self.file:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as e:
+                raise WriteFailed(self.path, "metrics", e) from e
 
     def close(self) -> None:
         if self.file:
@@ -123,14 +149,28 @@ def summary_strip(
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (or resumes) in `workdir`; returns the final validation scores."""
+    """Trains (or resumes) in `workdir`; returns the final validation scores.
+
+    Process 0 holds the workdir's lock for the whole run, taken before anything is read or
+    written, so a second run on the same workdir raises `WorkdirBusy` and changes nothing.
+    """
+    check_config(config)
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    quiet, absl_logger = _QuietOrbaxErrors(), std_logging.getLogger("absl")
+    absl_logger.addFilter(quiet)
+    try:
+        with lock:
+            return _train_and_evaluate(config, Path(workdir))
+    finally:
+        absl_logger.removeFilter(quiet)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_p: Path) -> dict[str, Any]:
     from flax import jax_utils
 
     from maffsrn_jax import checkpoints, data, train_lib
     from maffsrn_jax.convert import model_config
 
-    check_config(config)
-    workdir_p = Path(workdir)
     is_main = jax.process_index() == 0
     try:
         model = train_lib.model_from_config(config.model)
@@ -143,10 +183,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     val_pairs = [val_ds.pair(i) for i in range(len(val_ds))]
 
     workdir_p.mkdir(parents=True, exist_ok=True)
-    latest = checkpoints.manager(
-        workdir_p / checkpoints.LATEST_DIR, max_to_keep=config.keep_checkpoints, async_save=True
-    )
-    best = checkpoints.manager(workdir_p / checkpoints.BEST_DIR, max_to_keep=1, best_metric="psnr")
+    latest_root = workdir_p / checkpoints.LATEST_DIR
+    best_root = workdir_p / checkpoints.BEST_DIR
+    # Before the managers open: they must not see damaged steps or unfinished writes.
+    found = recover(workdir_p)
+    latest = checkpoints.manager(latest_root, max_to_keep=config.keep_checkpoints, async_save=True)
+    best = checkpoints.manager(best_root, max_to_keep=1, best_metric="psnr")
     arch = model_config(model)
 
     schedule = train_lib.learning_rate_schedule(config)
@@ -154,9 +196,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     params = train_lib.init_params(model, jax.random.key(config.seed))
     state = train_lib.create_train_state(params, tx)
 
-    start_step = latest.latest_step()
+    start_step = found.step
     if start_step is not None:
-        saved, saved_arch, _ = checkpoints.restore(workdir_p / checkpoints.LATEST_DIR, start_step)
+        saved, saved_arch = found.state, found.model_config
         if saved_arch != arch:
             raise TrainingError(
                 f"{workdir_p}: holds checkpoints of another architecture ({saved_arch}); "
@@ -165,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         import flax
 
         state = flax.serialization.from_state_dict(state, saved)
-        logging.info("Resuming from %s at step %d.", workdir_p / checkpoints.LATEST_DIR, start_step)
+        logging.info("Resuming from %s at step %d.", latest_root, start_step)
     else:
         start_step = 0
         if config.init_from:
@@ -205,7 +247,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def save(step: int, host_state) -> None:
-        checkpoints.save(latest, step, flax_state_dict(host_state), arch)
+        try:
+            checkpoints.save(latest, step, flax_state_dict(host_state), arch)
+        except _WRITE_ERRORS as e:  # this save, or the previous async one, failed
+            raise WriteFailed(latest_root, "checkpoint", e) from e
 
     def run_eval(step: int, host_state) -> dict[str, Any]:
         res = evaluate(model, host_state.params, val_pairs, scale, config.eval_tile)
@@ -216,6 +261,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "bicubic_psnr": bicubic["psnr"],
             "bicubic_ssim": bicubic["ssim"],
         }
+        # The best checkpoint first, the log line after: a logged evaluation implies its best
+        # checkpoint, so a resume re-runs an evaluation exactly when its line is missing.
+        if step not in best.all_steps():
+            try:
+                checkpoints.save(
+                    best, step, flax_state_dict(host_state), arch, {"psnr": res["psnr"]}
+                )
+            except _WRITE_ERRORS as e:
+                raise WriteFailed(best_root, "checkpoint", e) from e
         log.write(record)
         if writer:
             writer.add_scalar("val/psnr", res["psnr"], step)
@@ -223,7 +277,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             for i in range(min(config.num_summary_images, len(val_pairs))):
                 strip = summary_strip(res["sr"][i], bicubic["sr"][i], val_pairs[i][1])
                 writer.add_image(f"val/{i}_sr_bicubic_hr", strip, step, dataformats="HWC")
-        checkpoints.save(best, step, flax_state_dict(host_state), arch, {"psnr": res["psnr"]})
         return res
 
     from tqdm import tqdm
@@ -237,8 +290,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         file=sys.stdout,
     )
     step, window, t0, pending = start_step, [], time.time(), None
-    result, stop_error = None, None
+    result, stop_error, failure = None, None, None
+    # A run killed between a checkpoint and its evaluation resumes at that step with the
+    # evaluation (line and best checkpoint) missing: run it now, on the same weights.
+    eval_due = start_step > 0 and (
+        start_step % config.eval_every_steps == 0 or start_step == config.num_train_steps
+    )
+    missing_eval = _same_on_all_processes(eval_due and not log.has(start_step, "val_psnr"))
     try:
+        if missing_eval:
+            result = run_eval(start_step, train_lib.unreplicate_to_host(p_state))
         while step < config.num_train_steps:
             batch = next(device_iter)
             p_state, metrics = p_train_step(p_state, batch)
@@ -275,15 +336,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             name = signal.Signals(stop_signal["sig"] or signal.SIGTERM).name
             stop_error = Interrupted(
                 f"{name}: saved a checkpoint at step {int(host_state.step)} in "
-                f"{workdir_p / checkpoints.LATEST_DIR}; run the same command to resume"
+                f"{latest_root}; run the same command to resume"
             )
+    except WriteFailed as e:
+        failure = e
     finally:
         progress.close()
-        latest.wait_until_finished()
-        best.wait_until_finished()
-        latest.close()
-        best.close()
-        log.close()
+        for mngr, root in ((latest, latest_root), (best, best_root)):
+            try:
+                mngr.wait_until_finished()  # an async save's failure surfaces here
+            except _WRITE_ERRORS as e:
+                failure = failure or WriteFailed(root, "checkpoint", e)
+            with contextlib.suppress(*_WRITE_ERRORS):
+                mngr.close()
+        try:
+            log.close()
+        except OSError as e:
+            failure = failure or WriteFailed(log.path, "metrics", e)
         if writer:
             writer.close()
         for s, h in old_handlers.items():
@@ -292,6 +361,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if close:
             close()
 
+    if failure is not None:
+        kept = [
+            s
+            for s in checkpoints.step_dirs(latest_root)
+            if not checkpoints.step_problem(latest_root, s)
+        ]
+        what = f"kept the checkpoint at step {max(kept)}" if kept else "no checkpoint kept yet"
+        raise TrainingError(
+            f"{failure.what} write to {failure.path} failed ({failure.reason}); {what} in "
+            f"{latest_root}; free space (or fix the workdir) and run the same command to resume"
+        ) from failure
     if stop_error is not None:
         raise stop_error
     if result is None:  # resumed at the end: score the final weights once more
@@ -310,6 +390,108 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 class Interrupted(Exception):
     """SIGTERM or Ctrl-C: a checkpoint was saved; the message says where."""
+
+
+# Orbax and TensorStore report a failed write (disk full, file too large, permission) as
+# OSError, or as ValueError / RuntimeError carrying the OS message.
+_WRITE_ERRORS = (OSError, ValueError, RuntimeError)
+
+
+class WriteFailed(Exception):
+    """A checkpoint or metrics write failed; `train_and_evaluate` turns it into one line."""
+
+    def __init__(self, path: Path, what: str, cause: BaseException):
+        super().__init__(f"{path}: {cause}")
+        self.path, self.what, self.cause = path, what, cause
+        code = cause.errno if isinstance(cause, OSError) else None
+        if code is None and (m := re.search(r"os_error_code='?(\d+)", str(cause))):
+            code = int(m.group(1))  # TensorStore's report of a failed write
+        if code:
+            self.reason = os.strerror(code)
+        else:
+            self.reason = first_line(cause)
+        if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            self.reason += ": the disk, quota or file size limit is full"
+
+
+class _QuietOrbaxErrors(std_logging.Filter):
+    """Drops Orbax's ERROR records (tracebacks of a failed background save) during a run.
+
+    The failure reaches the loop as an exception and is reported there in one line.
+    """
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not (record.levelno >= std_logging.ERROR and "orbax" in record.pathname)
+
+
+def warn(message: str) -> None:
+    """One `warning:` line on stderr (process 0): a fault met and what was done about it."""
+    if jax.process_index() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def recover(workdir: Path):
+    """Makes `workdir`'s checkpoints resumable and reads the newest intact step.
+
+    Process 0 removes unfinished checkpoint writes, skips damaged steps (moving them to
+    `workdir/damaged/`, since the resumed run saves those step numbers again) and warns once
+    per fault; the other processes then read the step it chose. Raises `TrainingError`,
+    leaving everything in place, when steps exist but none is intact. Returns a
+    `checkpoints.Scan` (`step` None: start afresh).
+    """
+    from maffsrn_jax import checkpoints
+
+    latest_root = workdir / checkpoints.LATEST_DIR
+    best_root = workdir / checkpoints.BEST_DIR
+    found = checkpoints.Scan(root=latest_root, step=None)
+    if jax.process_index() == 0:
+        for root in (latest_root, best_root):
+            removed = checkpoints.remove_unfinished(root)
+            if removed:
+                names = ", ".join(p.name for p in removed)
+                warn(
+                    f"{root}: removed {len(removed)} unfinished checkpoint write(s) ({names}); "
+                    "the finished steps are kept"
+                )
+        found = checkpoints.scan(latest_root)
+        if found.damaged and found.step is None:
+            what = "; ".join(f"step {s}: {p}" for s, p in sorted(found.damaged.items()))
+            raise TrainingError(
+                f"{workdir}: no intact checkpoint to resume from ({what}); the damaged steps "
+                f"are left in place in {latest_root}: move them away to start afresh"
+            )
+        for s, problem in sorted(found.damaged.items(), reverse=True):
+            dest = checkpoints.move_aside(latest_root / str(s), workdir)
+            if s > found.step:
+                what = f"skipped it and resumed from step {found.step}"
+            else:  # e.g. a removal of an old step (beyond keep_checkpoints) cut short
+                what = f"older than step {found.step}, which the run resumes from"
+            warn(f"{latest_root / str(s)}: damaged ({problem}); {what}; moved it to {dest}")
+        best_found = checkpoints.scan(best_root)
+        for s, problem in sorted(best_found.damaged.items(), reverse=True):
+            dest = checkpoints.move_aside(best_root / str(s), workdir)
+            warn(
+                f"{best_root / str(s)}: damaged best checkpoint ({problem}); moved it to "
+                f"{dest}; {best_root} keeps the evaluations still to come"
+            )
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        chosen = -1 if found.step is None else found.step
+        step = int(multihost_utils.broadcast_one_to_all(np.int32(chosen)))
+        if jax.process_index() != 0 and step >= 0:
+            state, model_config, _ = checkpoints.restore(latest_root, step)
+            found = checkpoints.Scan(latest_root, step, state, model_config)
+    return found
+
+
+def _same_on_all_processes(flag: bool) -> bool:
+    """Process 0's `flag` everywhere (only it reads metrics.jsonl; saves are collective)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(flag)))
 
 
 def flax_state_dict(state) -> dict:

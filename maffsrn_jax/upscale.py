@@ -164,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
             failures.append(str(e))
         except ValueError as e:
             failures.append(f"{src}: {e}")
+        except OSError as e:  # an unreadable input or an unwritable output: try the next
+            failures.append(f"{e.filename or src}: {e.strerror or e}")
     for message in failures:
         print(f"error: {message}", file=sys.stderr)
     if failures:
