@@ -123,8 +123,11 @@ def model_upscaler(
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The checkpoint's model as uint8 LR [h, w, 3] -> quantised uint8 [s*h, s*w, 3]."""
     # Imported here so that --bicubic runs without loading JAX and Orbax.
-    from maffsrn_jax import convert, inference
+    from maffsrn_jax import convert, inference, runtimes
 
+    if runtimes.is_artifact(checkpoint):
+        return artifact_upscaler(checkpoint, scale, tile=tile, overlap=overlap,
+                                 self_ensemble=self_ensemble)
     if overlap is None:
         overlap = inference.DEFAULT_OVERLAP
     if tile is not None:
@@ -144,6 +147,38 @@ def model_upscaler(
     def upscale(lr: np.ndarray) -> np.ndarray:
         sr = inference.upscale_array(model, variables, lr.astype(np.float32) / 255, tile=tile,
                                      overlap=overlap, self_ensemble=self_ensemble)
+        return metrics.quantize(sr)
+
+    return upscale
+
+
+def artifact_upscaler(
+    path: str,
+    scale: int,
+    *,
+    tile: int | None,
+    overlap: int | None = None,
+    self_ensemble: bool = False,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """An exported model (`maffsrn_jax.export`) in its own runtime, as `model_upscaler`.
+
+    A TFLite model always runs in tiles of its fixed input size.
+    """
+    from maffsrn_jax import inference, runtimes
+
+    try:
+        artifact = runtimes.open_artifact(path)
+        fn = runtimes.upscale_fn(artifact, tile=tile, overlap=overlap)
+    except ImportError as e:
+        raise EvalError(f"{path}: its runtime is not installed ({e.name or e})") from None
+    except ValueError as e:
+        raise EvalError(f"--checkpoint {path}: {e}") from None
+    if artifact.scale != scale:
+        raise EvalError(f"{path}: exported model is x{artifact.scale}, but --scale is {scale}")
+
+    def upscale(lr: np.ndarray) -> np.ndarray:
+        x = lr.astype(np.float32) / 255
+        sr = inference.ensemble_x8(fn, x) if self_ensemble else fn(x)
         return metrics.quantize(sr)
 
     return upscale
@@ -217,7 +252,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="eval.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="Orbax directory, .pt/.pth or .safetensors")
+    source.add_argument("--checkpoint", help="Orbax directory, .pt/.pth or .safetensors, or "
+                        "an exported .onnx/.tflite/.stablehlo (maffsrn_jax.export)")
     source.add_argument("--bicubic", action="store_true", help="score MATLAB-bicubic upscaling")
     parser.add_argument("--scale", type=int, required=True, help="upscaling factor")
     parser.add_argument("--data", action="append", required=True, metavar="NAME=DIR",

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from maffsrn_jax import errors, image_io
-from maffsrn_jax.models import MIN_INPUT_SIZE, MAFFSRN
+from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE
 
 FORMATS = ("stablehlo", "onnx", "tflite")
 PRECISIONS = ("float32", "float16", "int8")
@@ -255,7 +255,8 @@ def parse_input_size(text: str) -> tuple[int, int]:
     size = (int(h), int(w))
     if min(size) < MIN_INPUT_SIZE:
         raise ExportError(
-            f"--input-size {text}: each side must be at least {MIN_INPUT_SIZE} (the model's minimum)"
+            f"--input-size {text}: each side must be at least {MIN_INPUT_SIZE} "
+            "(the model's minimum)"
         )
     return size
 

@@ -57,13 +57,21 @@ def _bicubic_kernel(scale: int, channels: int) -> np.ndarray:
     return kernel.astype(np.float32)
 
 
+def _edge_pad(x: jax.Array, n: int, axis: int) -> jax.Array:
+    """Replicates the first and last row (axis=1) or column (axis=2) n times. Written as a
+    concatenation because jnp.pad's edge mode broadcasts through a rank-5 tensor."""
+    first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+    last = jax.lax.slice_in_dim(x, x.shape[axis] - 1, x.shape[axis], axis=axis)
+    return jnp.concatenate([first] * n + [x] + [last] * n, axis=axis)
+
+
 def bicubic_upsample(x: jax.Array, scale: int) -> jax.Array:
     """`ops.bicubic_upsample` as one depthwise 5x5 convolution and a pixel shuffle.
 
     Taps outside the image are clamped to the border, hence the edge padding.
     """
     c = x.shape[-1]
-    xp = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="edge")
+    xp = _edge_pad(_edge_pad(x, 2, axis=1), 2, axis=2)
     y = jax.lax.conv_general_dilated(
         xp, jnp.asarray(_bicubic_kernel(scale, c)), window_strides=(1, 1), padding="VALID",
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c,

@@ -151,13 +151,14 @@ def upscale_fn(
 ) -> inference.UpscaleFn:
     """The artifact as an `inference.UpscaleFn` on one float image [H, W, 3] of any size.
 
-    TFLite runs in tiles of its fixed input size (overlap: a quarter of the tile unless
-    given); the others run whole images, or `tile` x `tile` tiles when `tile` is set.
+    TFLite runs in tiles of its fixed input size (overlap: a quarter of the tile unless a
+    smaller one is given); the others run whole images, or `tile` x `tile` tiles when `tile` is set.
     """
     if artifact.input_size is not None:
         tile = min(artifact.input_size)
         fn = _padded(artifact, artifact.input_size)
-        overlap = tile // 4 if overlap is None else overlap
+        # The upscaler's default overlap is sized for its larger default tile.
+        overlap = tile // 4 if overlap is None or overlap >= tile // 2 else overlap
     else:
         fn = _padded(artifact, (MIN_INPUT_SIZE, MIN_INPUT_SIZE))
         overlap = inference.DEFAULT_OVERLAP if overlap is None else overlap
