@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -131,7 +132,8 @@ class Conv(nn.Module):
         x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
         if interleave:
             g = len(parts)
-            kernel = jnp.concatenate([kernel[:, :, i::g] for i in range(g)], axis=2)
+            perm = np.concatenate([np.arange(i, kernel.shape[2], g) for i in range(g)])
+            kernel = jnp.take(kernel, perm, axis=2)
         return jax.lax.conv_general_dilated(
             x,
             kernel,

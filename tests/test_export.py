@@ -288,6 +288,16 @@ def test_tflite_float16(workdir, tiny):
                                atol=TOL_FP16)
 
 
+def test_tflite_int8_calibrated(workdir, tiny):
+    _litert()
+    path = workdir / "tiny_int8.tflite"
+    export.export_tflite(*tiny, path, precision="int8", calibration=str(workdir / "calib"),
+                         input_size=(32, 32))
+    x = export.check_image((32, 32))[None]
+    err = np.abs(runtimes.open_artifact(path).run(x) - _flax(tiny, x))
+    assert err.mean() < 0.01, err.mean()
+
+
 # ------------------------------------------------------------------------------------ command
 
 
