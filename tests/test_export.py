@@ -274,6 +274,12 @@ def test_tflite_ops_stay_at_rank_4(tflite_file):
     assert max(len(t["shape"]) for t in interpreter.get_tensor_details()) <= 4
 
 
+def test_tflite_looks_gpu_delegate_compatible(tflite_file, capfd):
+    tf = _litert()
+    tf.lite.experimental.Analyzer.analyze(model_path=str(tflite_file), gpu_compatibility=True)
+    assert "looks compatible with GPU delegate" in capfd.readouterr().out
+
+
 def test_tflite_rejects_other_sizes(tflite_file):
     with pytest.raises(ValueError, match="32x32 inputs only"):
         runtimes.open_artifact(tflite_file).run(np.zeros((1, 40, 40, 3), np.float32))
