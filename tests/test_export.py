@@ -275,6 +275,8 @@ def test_tflite_ops_stay_at_rank_4(tflite_file):
 
 
 def test_tflite_looks_gpu_delegate_compatible(tflite_file, capfd):
+    # TF's analyzer checks each op against the GPU delegate's rules; it does not check
+    # tensor ranks, which test_tflite_ops_stay_at_rank_4 does.
     tf = _litert()
     tf.lite.experimental.Analyzer.analyze(model_path=str(tflite_file), gpu_compatibility=True)
     assert "looks compatible with GPU delegate" in capfd.readouterr().out
