@@ -150,14 +150,26 @@ def test_stablehlo_any_size_and_batch(stablehlo_file, tiny):
 def test_stablehlo_loads_without_the_package(stablehlo_file, tiny, tmp_path):
     x = _rand(2, 17, 14, 3)
     np.save(tmp_path / "x.npy", x)
+    # An environment may have the package installed (e.g. editable), so the child process
+    # also blocks it on sys.meta_path: any import of it, direct or from jax.export, fails.
     script = (
-        "import importlib.util, sys\n"
-        "assert importlib.util.find_spec('maffsrn_jax') is None, 'maffsrn_jax importable'\n"
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'maffsrn_jax':\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "try:\n"
+        "    import maffsrn_jax\n"
+        "    raise SystemExit('maffsrn_jax importable')\n"
+        "except ImportError:\n"
+        "    pass\n"
         "import numpy as np\n"
         "from jax import export\n"
         f"blob = open({str(stablehlo_file)!r}, 'rb').read()\n"
         "y = export.deserialize(bytearray(blob)).call(np.load('x.npy'))\n"
         "np.save('y.npy', np.asarray(y))\n"
+        "assert not any(m.split('.')[0] == 'maffsrn_jax' for m in sys.modules)\n"
     )
     # -I: no PYTHONPATH, no user site, and not the script's directory on sys.path; the cwd
     # is a fresh folder, so only the venv's packages are importable.
@@ -358,7 +370,10 @@ def test_unwritable_output_leaves_no_file(workdir, tiny, tmp_path):
 # ------------------------------------------------------------------- eval.py and the upscaler
 
 
-def test_eval_and_upscale_run_artifacts(onnx_files, tflite_file, tiny, tmp_path):
+def test_eval_and_upscale_run_artifacts(onnx_files, tflite_file, tiny, tmp_path, capsys):
+    import eval as eval_script
+    from maffsrn_jax import upscale
+
     model, variables = tiny
     data = tmp_path / "set"
     (data / "HR").mkdir(parents=True)
@@ -366,31 +381,30 @@ def test_eval_and_upscale_run_artifacts(onnx_files, tflite_file, tiny, tmp_path)
     Image.fromarray(hr).save(data / "HR" / "a.png")
     scores = {}
     for name, ckpt in [("onnx", onnx_files["float32"]), ("tflite", tflite_file)]:
-        proc = subprocess.run(
-            [sys.executable, "eval.py", "--checkpoint", str(ckpt), "--scale", "2",
-             "--data", f"T={data}", "--json", str(tmp_path / f"{name}.json")],
-            cwd=REPO, capture_output=True, text=True, timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        scores[name] = json.loads((tmp_path / f"{name}.json").read_text())["T"]["psnr"]
+        report = tmp_path / f"{name}.json"
+        code = eval_script.main(["--checkpoint", str(ckpt), "--scale", "2",
+                                 "--data", f"T={data}", "--json", str(report)])
+        assert code == 0, capsys.readouterr().err
+        scores[name] = json.loads(report.read_text())["T"]["psnr"]
     # The ONNX model is the Flax model: the same LR image through both gives the same score.
-    from eval import evaluate, find_samples, model_upscaler
-
     ckpt = tmp_path / "tiny.safetensors"
     convert.save_state_dict(convert.flax_to_torch(model, variables), ckpt)
-    samples = find_samples(data, 2)
-    flax_psnr = evaluate(model_upscaler(str(ckpt), 2, tile=None), samples, 2)[0]["psnr"]
+    samples = eval_script.find_samples(data, 2)
+    upscaler = eval_script.model_upscaler(str(ckpt), 2, tile=None)
+    flax_psnr = eval_script.evaluate(upscaler, samples, 2)[0]["psnr"]
     assert abs(scores["onnx"] - flax_psnr) < 0.01
     assert abs(scores["tflite"] - flax_psnr) < 0.5  # tiled at 32x32
 
     out = tmp_path / "up.png"
-    proc = subprocess.run(
-        [sys.executable, "-m", "maffsrn_jax.upscale", "--checkpoint", str(tflite_file),
-         "--input", str(data / "HR" / "a.png"), "--output", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    code = upscale.main(["--checkpoint", str(tflite_file), "--input", str(data / "HR" / "a.png"),
+                         "--output", str(out)])
+    assert code == 0, capsys.readouterr().err
     assert Image.open(out).size == (128, 96)
+    # A wrong --scale for the artifact is one error line.
+    code = eval_script.main(["--checkpoint", str(onnx_files["float32"]), "--scale", "3",
+                             "--data", f"T={data}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "exported model is x2" in err and err.count("\n") == 1
 
 
 def test_requirements_export_is_in_dev():
