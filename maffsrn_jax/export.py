@@ -105,18 +105,18 @@ def stablehlo_bytes(model: MAFFSRN, variables: Mapping[str, Any], *,
     """Serialized `jax.export` of the model: NHWC float32, batch/height/width symbolic."""
     import jax
     import jax.numpy as jnp
-    from jax import export
+    from jax import export as jax_export
 
     _check_precision(precision, "stablehlo")
     dtype = jnp.float16 if precision == "float16" else jnp.float32
     # The portable form traces with symbolic sizes; the CPU fast paths bake sizes in.
     portable = model.clone(portable=True, dtype=dtype)
     params = {"params": variables["params"]}
-    b, h, w = export.symbolic_shape(
+    b, h, w = jax_export.symbolic_shape(
         "b, h, w", constraints=[f"h >= {MIN_INPUT_SIZE}", f"w >= {MIN_INPUT_SIZE}"]
     )
     spec = jax.ShapeDtypeStruct((b, h, w, 3), jnp.float32)
-    exported = export.export(
+    exported = jax_export.export(
         jax.jit(lambda x: portable.apply(params, x)), platforms=("cpu", "cuda")
     )(spec)
     return bytes(exported.serialize())

@@ -65,13 +65,25 @@ def workdir(tmp_path_factory, tiny):
     return d
 
 
+_REFERENCE: dict[tuple, np.ndarray] = {}
+
+
 def _flax(tiny, x):
-    model, variables = tiny
-    return np.asarray(model.apply(variables, jnp.asarray(x)))
+    """The Flax model's output, computed once per input (the tests share a few inputs)."""
+    key = (x.shape, x.tobytes())
+    if key not in _REFERENCE:
+        model, variables = tiny
+        _REFERENCE[key] = np.asarray(model.apply(variables, jnp.asarray(x)))
+    return _REFERENCE[key]
 
 
 def _rand(*shape, seed=0):
     return np.random.default_rng(seed).uniform(0, 1, shape).astype(np.float32)
+
+
+# The inputs every format is checked on: the least size, and a batch of a non-square size.
+SMALL = _rand(1, 13, 13, 3)
+BATCH = _rand(3, 20, 27, 3, seed=1)
 
 
 # ------------------------------------------------------------------------------ portable path
@@ -106,12 +118,11 @@ def test_portable_ops_match_default():
         np.testing.assert_array_equal(portable_ops.pixel_shuffle(y, s), ops.pixel_shuffle(y, s))
 
 
-@pytest.mark.parametrize("shape", [(1, 13, 13, 3), (2, 21, 30, 3)])
-def test_portable_model_matches_default(tiny, shape):
+def test_portable_model_matches_default(tiny):
     model, variables = tiny
-    x = _rand(*shape)
-    got = np.asarray(model.clone(portable=True).apply(variables, x))
-    np.testing.assert_allclose(got, _flax(tiny, x), atol=1e-5)
+    apply = jax.jit(model.clone(portable=True).apply)
+    for x in (SMALL, BATCH):
+        np.testing.assert_allclose(np.asarray(apply(variables, x)), _flax(tiny, x), atol=1e-5)
 
 
 def test_portable_model_keeps_tensors_at_rank_4(tiny):
@@ -142,13 +153,12 @@ def stablehlo_file(workdir, tiny):
 def test_stablehlo_any_size_and_batch(stablehlo_file, tiny):
     artifact = runtimes.open_artifact(stablehlo_file)
     assert artifact.scale == 2
-    for shape in [(1, 13, 13, 3), (3, 20, 27, 3)]:
-        x = _rand(*shape)
+    for x in (SMALL, BATCH):
         np.testing.assert_allclose(artifact.run(x), _flax(tiny, x), atol=TOL)
 
 
 def test_stablehlo_loads_without_the_package(stablehlo_file, tiny, tmp_path):
-    x = _rand(2, 17, 14, 3)
+    x = BATCH[:2]
     np.save(tmp_path / "x.npy", x)
     # An environment may have the package installed (e.g. editable), so the child process
     # also blocks it on sys.meta_path: any import of it, direct or from jax.export, fails.
@@ -192,6 +202,13 @@ def test_stablehlo_rejects_small_input_naming_the_minimum(stablehlo_file):
         runtimes.open_artifact(stablehlo_file).run(np.zeros((1, 20, 12, 3), np.float32))
 
 
+def test_stablehlo_float16(workdir, tiny):
+    path = workdir / "tiny_float16.stablehlo"
+    export.export_stablehlo(*tiny, path, precision="float16")
+    np.testing.assert_allclose(runtimes.open_artifact(path).run(SMALL), _flax(tiny, SMALL),
+                               atol=TOL_FP16)
+
+
 def test_stablehlo_serves_cpu_and_cuda(stablehlo_file):
     from jax import export as jax_export
 
@@ -221,8 +238,7 @@ def test_onnx_float32_dynamic_sizes_and_batch(onnx_files, tiny):
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["scale"] == "2"
     artifact = runtimes.open_artifact(onnx_files["float32"])
-    for shape in [(1, 13, 13, 3), (3, 22, 17, 3)]:
-        x = _rand(*shape, seed=2)
+    for x in (SMALL, BATCH):
         np.testing.assert_allclose(artifact.run(x), _flax(tiny, x), atol=TOL)
 
 
@@ -234,7 +250,7 @@ def test_onnx_float16_keeps_float32_io(onnx_files, tiny):
     assert session.get_inputs()[0].type == "tensor(float)"
     assert session.get_outputs()[0].type == "tensor(float)"
     assert onnx_files["float16"].stat().st_size < 0.75 * onnx_files["float32"].stat().st_size
-    x = _rand(2, 24, 19, 3, seed=3)
+    x = BATCH
     got = runtimes.open_artifact(onnx_files["float16"]).run(x)
     np.testing.assert_allclose(got, _flax(tiny, x), atol=TOL_FP16)
 
@@ -243,7 +259,7 @@ def test_onnx_int8_calibrated(workdir, tiny):
     _ort()
     path = workdir / "tiny_int8.onnx"
     export.export_onnx(*tiny, path, precision="int8", calibration=str(workdir / "calib"))
-    x = export.check_image((32, 40))[None]
+    x = export.check_image((32, 32))[None]
     got = runtimes.open_artifact(path).run(x)
     # int8 is lossy; it must still be the model (mean error far below the signal's).
     err = np.abs(got - _flax(tiny, x))
@@ -302,8 +318,8 @@ def test_tflite_rejects_other_sizes(tflite_file):
 def test_tflite_float16(workdir, tiny):
     _litert()
     path = workdir / "tiny_float16.tflite"
-    export.export_tflite(*tiny, path, precision="float16", input_size=(24, 24))
-    x = _rand(1, 24, 24, 3, seed=6)
+    export.export_tflite(*tiny, path, precision="float16", input_size=(32, 32))
+    x = _rand(1, 32, 32, 3, seed=4)
     np.testing.assert_allclose(runtimes.open_artifact(path).run(x), _flax(tiny, x),
                                atol=TOL_FP16)
 
@@ -342,6 +358,10 @@ def test_command_writes_and_reports(workdir, capsys):
     (["--format", "pdf", "--output", "{d}/m.pdf"], "--format must be one of"),
     (["--format", "onnx", "--precision", "int8", "--output", "{d}/m.onnx"],
      "needs --calibration"),
+    (["--format", "onnx", "--precision", "int8", "--calibration", "{d}/none",
+      "--output", "{d}/m.onnx"], "no such directory"),
+    (["--format", "stablehlo", "--precision", "int8", "--calibration", "{d}",
+      "--output", "{d}/m.stablehlo"], "int8 is for onnx and tflite"),
     (["--format", "onnx", "--output", "{d}/missing/m.onnx"], "does not exist"),
     (["--format", "onnx", "--output", "{d}"], "is a directory"),
     (["--format", "onnx", "--output", "{d}/m.tflite"], "must end in .onnx"),
