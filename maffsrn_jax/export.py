@@ -288,10 +288,11 @@ def tflite_bytes(model: MAFFSRN, variables: Mapping[str, Any], *, precision: str
         raise ExportError("--precision int8 needs --calibration DIR (a folder of LR images)")
     images = calibration_images(calibration) if precision == "int8" else []
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import jax.numpy as jnp
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    portable = model.clone(portable=True)
+    portable = model.clone(portable=True, dtype=jnp.float32)
     params = {"params": variables["params"]}
     h, w = input_size
     fn = jax2tf.convert(lambda x: portable.apply(params, x), with_gradient=False)

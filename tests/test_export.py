@@ -177,7 +177,7 @@ def test_stablehlo_loads_without_the_package(stablehlo_file, tiny, tmp_path):
         "import numpy as np\n"
         "from jax import export\n"
         f"blob = open({str(stablehlo_file)!r}, 'rb').read()\n"
-        "y = export.deserialize(bytearray(blob)).call(np.load('x.npy'))\n"
+        "y = export.deserialize(blob).call(np.load('x.npy'))\n"
         "np.save('y.npy', np.asarray(y))\n"
         "assert not any(m.split('.')[0] == 'maffsrn_jax' for m in sys.modules)\n"
     )
