@@ -26,6 +26,7 @@ from maffsrn_jax.errors import run_cli
 from maffsrn_jax.evaluation import (  # noqa: F401 (the names scripts import from eval.py)
     EvalError,
     Sample,
+    artifact_upscaler,
     bicubic_upscaler,
     evaluate,
     find_samples,

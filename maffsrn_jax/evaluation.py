@@ -119,9 +119,13 @@ def model_upscaler(
     overlap: int | None = None,
     self_ensemble: bool = False,
 ) -> Upscaler:
-    """`array_upscaler` of a checkpoint, which must be a x`scale` model."""
-    from maffsrn_jax import convert
+    """`array_upscaler` of a checkpoint, which must be a x`scale` model; an exported model
+    (`.stablehlo`, `.onnx`, `.tflite`) runs in its own runtime (`artifact_upscaler`)."""
+    from maffsrn_jax import convert, runtimes
 
+    if runtimes.is_artifact(checkpoint):
+        return artifact_upscaler(checkpoint, scale, tile=tile, overlap=overlap,
+                                 self_ensemble=self_ensemble)
     try:
         model, variables = convert.load_pretrained(checkpoint)
     except convert.CheckpointError as e:
@@ -132,6 +136,37 @@ def model_upscaler(
         )
     return array_upscaler(model, variables, tile=tile, overlap=overlap,
                           self_ensemble=self_ensemble)
+
+
+def artifact_upscaler(
+    path: str,
+    scale: int,
+    *,
+    tile: int | None,
+    overlap: int | None = None,
+    self_ensemble: bool = False,
+) -> Upscaler:
+    """An exported model (`maffsrn_jax.export`) in its own runtime, as `model_upscaler`.
+
+    A TFLite model always runs in tiles of its fixed input size.
+    """
+    from maffsrn_jax import inference, runtimes
+
+    try:
+        artifact = runtimes.open_artifact(path)
+        fn = runtimes.upscale_fn(artifact, tile=tile, overlap=overlap)
+    except ImportError as e:
+        raise EvalError(f"{path}: its runtime is not installed ({e.name or e})") from None
+    except ValueError as e:
+        raise EvalError(f"--checkpoint {path}: {e}") from None
+    if artifact.scale != scale:
+        raise EvalError(f"{path}: exported model is x{artifact.scale}, but --scale is {scale}")
+
+    def upscale(lr: np.ndarray) -> np.ndarray:
+        x = lr.astype(np.float32) / 255
+        return metrics.quantize(inference.ensemble_x8(fn, x) if self_ensemble else fn(x))
+
+    return upscale
 
 
 def score(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:

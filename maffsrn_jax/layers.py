@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -69,6 +70,8 @@ class Conv(nn.Module):
     groups: int = 1
     weight_norm: bool = False
     dtype: Dtype = jnp.float32
+    # Plain convolutions only (see `_portable_conv`): what exported graphs are built from.
+    portable: bool = False
 
     @nn.compact
     def __call__(
@@ -88,9 +91,11 @@ class Conv(nn.Module):
         pad = self.dilation * (k - 1) // 2 if self.padding is None else self.padding
         kernel = kernel.astype(self.dtype)
         pointwise = k == 1 and self.stride == 1 and self.groups == 1 and pad == 0
-        if len(parts) > 1 or interleave:
-            if not pointwise:
-                raise ValueError(f"only a 1x1 Conv takes a list of inputs ({self.name})")
+        if (len(parts) > 1 or interleave) and not pointwise:
+            raise ValueError(f"only a 1x1 Conv takes a list of inputs ({self.name})")
+        if self.portable:
+            y = self._portable_conv([p.astype(self.dtype) for p in parts], kernel, pad, interleave)
+        elif len(parts) > 1 or interleave:
             y = _pointwise_concat([p.astype(self.dtype) for p in parts], kernel, interleave)
         elif pointwise:
             y = _pointwise_concat([parts[0].astype(self.dtype)], kernel, False)
@@ -111,7 +116,33 @@ class Conv(nn.Module):
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 feature_group_count=self.groups,
             )
+        if self.portable:
+            return y + bias.astype(self.dtype)
         return _add_bias(y, bias.astype(self.dtype))
+
+    def _portable_conv(
+        self, parts: list[jax.Array], kernel: jax.Array, pad: int, interleave: bool
+    ) -> jax.Array:
+        """The same convolution as one `conv_general_dilated`, for export.
+
+        The CPU kernels above flatten pixels with reshape(-1, C) and unroll the depthwise
+        taps, which neither traces with symbolic sizes nor maps onto exporters' conv ops.
+        A list of inputs is concatenated and the shuffle moves into the kernel's rows.
+        """
+        x = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+        if interleave:
+            g = len(parts)
+            perm = np.concatenate([np.arange(i, kernel.shape[2], g) for i in range(g)])
+            kernel = jnp.take(kernel, perm, axis=2)
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=(self.stride, self.stride),
+            padding=((pad, pad), (pad, pad)),
+            rhs_dilation=(self.dilation, self.dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.groups,
+        )
 
 
 def _shifted_depthwise() -> bool:

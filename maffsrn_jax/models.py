@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maffsrn_jax import ops
+from maffsrn_jax import ops, portable_ops
 from maffsrn_jax.layers import Conv, Scale
 
 # The ESA branch runs a stride-2 conv and then a 7x7/3 max pool without padding, so the
@@ -61,11 +61,12 @@ class MAB(nn.Module):
     use_cea: bool = True
     esa_convs: tuple[tuple[int, int], ...] = ESA_CONVS["3x3+dil3x3"]
     dtype: Dtype = jnp.float32
+    portable: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         n, r = self.n_feats, self.n_feats // self.reduction
-        conv = lambda *a, **k: Conv(*a, dtype=self.dtype, **k)
+        conv = lambda *a, **k: Conv(*a, dtype=self.dtype, portable=self.portable, **k)
 
         x = conv(n, 3, name="conv00")(leaky_relu(conv(n, 3, name="conv01")(x)))
 
@@ -107,6 +108,7 @@ class FFG(nn.Module):
     use_cea: bool = True
     esa_convs: tuple[tuple[int, int], ...] = ESA_CONVS["3x3+dil3x3"]
     dtype: Dtype = jnp.float32
+    portable: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -117,6 +119,7 @@ class FFG(nn.Module):
                 use_cea=self.use_cea,
                 esa_convs=self.esa_convs,
                 dtype=self.dtype,
+                portable=self.portable,
                 name=f"b{j}",
             )(h)
             if 0 < j < self.n_mabs - 1:
@@ -130,7 +133,8 @@ class FFG(nn.Module):
             # 1x1 conv of channel_shuffle(concat(parts)); Conv takes the parts directly and
             # regroups its kernel rows rather than materialising the shuffled concatenation.
             name = name or f"reduction{next(counter)}"
-            conv = Conv(self.n_feats, 1, weight_norm=True, dtype=self.dtype, name=name)
+            conv = Conv(self.n_feats, 1, weight_norm=True, dtype=self.dtype,
+                        portable=self.portable, name=name)
             return conv(parts, interleave=self.channel_shuffle)
 
         if self.fusion == "mbff":
@@ -157,14 +161,18 @@ class Tail(nn.Module):
     scale: int
     n_colors: int = 3
     dtype: Dtype = jnp.float32
+    portable: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         out = self.n_colors * self.scale**2
-        k3 = Conv(out, 3, weight_norm=True, dtype=self.dtype, name="tail_k3")(x)
-        k5 = Conv(out, 5, weight_norm=True, dtype=self.dtype, name="tail_k5")(x)
+        conv = lambda *a, **k: Conv(*a, weight_norm=True, dtype=self.dtype,
+                                    portable=self.portable, **k)
+        k3 = conv(out, 3, name="tail_k3")(x)
+        k5 = conv(out, 5, name="tail_k5")(x)
         y = Scale(0.5, name="scale_k3")(k3) + Scale(0.5, name="scale_k5")(k5)
-        return ops.pixel_shuffle(y, self.scale)
+        shuffle = portable_ops.pixel_shuffle if self.portable else ops.pixel_shuffle
+        return shuffle(y, self.scale)
 
 
 class MAFFSRN(nn.Module):
@@ -187,6 +195,8 @@ class MAFFSRN(nn.Module):
     channel_shuffle: bool = True
     esa_convs: str = "3x3+dil3x3"
     dtype: Dtype = jnp.float32
+    # The same function from plain ops with symbolic-size support (maffsrn_jax.export).
+    portable: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.scale, int | np.integer) or self.scale < 1:
@@ -205,7 +215,8 @@ class MAFFSRN(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"MAFFSRN expects NHWC RGB input [N, H, W, 3], got shape {x.shape}")
-        if min(x.shape[1:3]) < MIN_INPUT_SIZE:
+        # One comparison per side: symbolic sizes order against a constant, not each other.
+        if x.shape[1] < MIN_INPUT_SIZE or x.shape[2] < MIN_INPUT_SIZE:
             raise ValueError(
                 f"input {x.shape[1]}x{x.shape[2]} is smaller than {MIN_INPUT_SIZE}x"
                 f"{MIN_INPUT_SIZE}, the least the ESA max pool accepts; pad it first "
@@ -213,7 +224,8 @@ class MAFFSRN(nn.Module):
             )
         dtype = jnp.dtype(self.dtype)
         x = x.astype(jnp.float32)
-        h = Conv(self.n_feats, 3, weight_norm=True, dtype=dtype, name="head")(x)
+        h = Conv(self.n_feats, 3, weight_norm=True, dtype=dtype, portable=self.portable,
+                 name="head")(x)
         for i in range(self.n_ffgs):
             h = FFG(
                 self.n_feats,
@@ -223,10 +235,12 @@ class MAFFSRN(nn.Module):
                 use_cea=self.use_cea,
                 esa_convs=ESA_CONVS[self.esa_convs],
                 dtype=dtype,
+                portable=self.portable,
                 name=f"body_{i}",
             )(h)
-        y = Tail(self.scale, dtype=dtype, name="tail")(h)
-        return y.astype(jnp.float32) + ops.bicubic_upsample(x, self.scale)
+        y = Tail(self.scale, dtype=dtype, portable=self.portable, name="tail")(h)
+        bicubic = portable_ops.bicubic_upsample if self.portable else ops.bicubic_upsample
+        return y.astype(jnp.float32) + bicubic(x, self.scale)
 
 
 def count_params(params: Any) -> int:

@@ -82,11 +82,31 @@ def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
     return np.minimum(src, in_size - 1)
 
 
+def _nearest_indices_traced(in_size, out_size) -> jax.Array:
+    """`nearest_indices` as jnp arithmetic, for sizes that are symbolic under `jax.export`.
+
+    The same float32 products as ATen (and as `nearest_indices`), so the same indices.
+    """
+    dst = jnp.arange(out_size, dtype=jnp.int32)
+    scale = jnp.asarray(in_size, jnp.float32) / jnp.asarray(out_size, jnp.float32)
+    src = jnp.floor(dst.astype(jnp.float32) * scale).astype(jnp.int32)
+    return jnp.minimum(src, jnp.asarray(in_size, jnp.int32) - 1)
+
+
 def nearest_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """`F.interpolate(x, size=size, mode='nearest')`: [N, h, w, C] -> [N, H, W, C]."""
-    rows = nearest_indices(x.shape[1], size[0])
-    cols = nearest_indices(x.shape[2], size[1])
-    return jnp.take(jnp.take(x, rows, axis=1), cols, axis=2)
+    """`F.interpolate(x, size=size, mode='nearest')`: [N, h, w, C] -> [N, H, W, C].
+
+    Sizes may be symbolic (shape-polymorphic export); the indices are then computed in the
+    graph instead of baked in as constants.
+    """
+    sizes = (x.shape[1], size[0], x.shape[2], size[1])
+    if all(isinstance(d, int | np.integer) for d in sizes):
+        rows = nearest_indices(x.shape[1], size[0])
+        cols = nearest_indices(x.shape[2], size[1])
+        return jnp.take(jnp.take(x, rows, axis=1), cols, axis=2)
+    rows = _nearest_indices_traced(x.shape[1], size[0])
+    cols = _nearest_indices_traced(x.shape[2], size[1])
+    return jnp.take(jnp.take(x, rows, axis=1, mode="clip"), cols, axis=2, mode="clip")
 
 
 def pixel_shuffle(x: jax.Array, scale: int) -> jax.Array:

@@ -20,6 +20,7 @@ line naming the file or flag), 130 Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from maffsrn_jax import convert, image_io, inference, metrics, xla_options
+from maffsrn_jax import convert, image_io, inference, metrics, runtimes, xla_options
 from maffsrn_jax.errors import Error, run_cli
 from maffsrn_jax.files import list_images
 from maffsrn_jax.imresize import imresize
@@ -56,6 +57,17 @@ def upscale_image(
     Returns:
         The same dtype, shaped [sH, sW] / [sH, sW, 3] / [sH, sW, 4].
     """
+    run_rgb = lambda rgb: inference.upscale_array(
+        model, variables, rgb, tile=tile, overlap=overlap, self_ensemble=self_ensemble
+    )
+    return upscale_image_with(run_rgb, model.scale, image)
+
+
+def upscale_image_with(
+    run_rgb: inference.UpscaleFn, scale: int, image: np.ndarray
+) -> np.ndarray:
+    """`upscale_image` with any float RGB upscaler [H, W, 3] -> [sH, sW, 3] (e.g. an
+    exported model from `maffsrn_jax.runtimes`)."""
     image = np.asarray(image)
     if image.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"expected uint8 or uint16 pixels, got {image.dtype}")
@@ -64,15 +76,12 @@ def upscale_image(
     peak = np.iinfo(image.dtype).max
     gray = image.ndim == 2
     rgb = np.repeat(image[..., None], 3, axis=2) if gray else image[..., :3]
-    sr = inference.upscale_array(
-        model, variables, rgb.astype(np.float32) / peak,
-        tile=tile, overlap=overlap, self_ensemble=self_ensemble,
-    )
+    sr = run_rgb(rgb.astype(np.float32) / peak)
     if gray:
         return metrics.quantize(sr.mean(axis=2), image.dtype)
     out = metrics.quantize(sr, image.dtype)
     if image.shape[2] == 4:
-        alpha = imresize(image[..., 3], model.scale, output_shape=out.shape[:2])
+        alpha = imresize(image[..., 3], scale, output_shape=out.shape[:2])
         out = np.concatenate([out, alpha[..., None]], axis=2)
     return out
 
@@ -118,7 +127,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True,
-                        help="Orbax directory, .pt/.pth or .safetensors")
+                        help="Orbax directory, .pt/.pth or .safetensors, or an exported "
+                        ".onnx/.tflite/.stablehlo (maffsrn_jax.export)")
     parser.add_argument("--input", required=True, help="an image file or a directory of images")
     parser.add_argument("--output", required=True,
                         help="output file (format by extension) or directory (PNG files)")
@@ -140,26 +150,30 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UpscaleError(f"--tile {args.tile} --overlap {args.overlap}: {e}") from None
     jobs, is_dir = plan(Path(args.input), Path(args.output))
-    try:
-        model, variables = convert.load_pretrained(
-            args.checkpoint, dtype=getattr(jnp, args.dtype)
-        )
-    except convert.CheckpointError as e:
-        raise UpscaleError(str(e)) from None
-    options = dict(tile=args.tile or None, overlap=args.overlap, self_ensemble=args.self_ensemble)
+    if runtimes.is_artifact(args.checkpoint):
+        upscale, scale = _artifact_upscaler(args)
+    else:
+        try:
+            model, variables = convert.load_pretrained(
+                args.checkpoint, dtype=getattr(jnp, args.dtype)
+            )
+        except convert.CheckpointError as e:
+            raise UpscaleError(str(e)) from None
+        options = dict(tile=args.tile or None, overlap=args.overlap,
+                       self_ensemble=args.self_ensemble)
+        scale = model.scale
+        upscale = lambda image: upscale_image(model, variables, image, **options)
 
     if not is_dir:
         (src, dst), = jobs
-        image_io.save_image(dst, upscale_image(model, variables, image_io.load_image(src),
-                                               **options))
+        image_io.save_image(dst, upscale(image_io.load_image(src)))
         return 0
 
     jobs[0][1].parent.mkdir(parents=True, exist_ok=True)
     failures = []
-    for src, dst in tqdm(jobs, desc=f"x{model.scale}", unit="img", disable=None):
+    for src, dst in tqdm(jobs, desc=f"x{scale}", unit="img", disable=None):
         try:
-            image_io.save_image(dst, upscale_image(model, variables, image_io.load_image(src),
-                                                   **options))
+            image_io.save_image(dst, upscale(image_io.load_image(src)))
         except image_io.ImageError as e:
             failures.append(str(e))
         except ValueError as e:
@@ -172,6 +186,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {len(failures)} of {len(jobs)} images failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _artifact_upscaler(args: argparse.Namespace):
+    """(image -> upscaled image, scale) for an exported model in its own runtime. A TFLite
+    model tiles at its fixed input size whatever --tile says."""
+    try:
+        artifact = runtimes.open_artifact(args.checkpoint)
+        fn = runtimes.upscale_fn(artifact, tile=args.tile or None, overlap=args.overlap)
+    except ImportError as e:
+        raise UpscaleError(f"{args.checkpoint}: its runtime is not installed ({e.name or e})"
+                           ) from None
+    except ValueError as e:
+        raise UpscaleError(f"--checkpoint {args.checkpoint}: {e}") from None
+    if args.self_ensemble:
+        fn = functools.partial(inference.ensemble_x8, fn)
+    return (lambda image: upscale_image_with(fn, artifact.scale, image)), artifact.scale
 
 
 def main(argv: list[str] | None = None) -> int:
