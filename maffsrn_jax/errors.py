@@ -39,7 +39,7 @@ def run_cli(run: Callable[[], int | None]) -> int:
     try:
         return run() or 0
     except Error as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"error: {os_error_line(e)}", file=sys.stderr)

@@ -36,7 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from maffsrn_jax import errors, image_io
+from maffsrn_jax import image_io
+from maffsrn_jax.errors import Error, run_cli
+from maffsrn_jax.files import list_images, write_atomic
 from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE
 
 FORMATS = ("stablehlo", "onnx", "tflite")
@@ -50,7 +52,7 @@ CALIBRATION_CROP = 128
 ONNX_OPSET = 17
 
 
-class ExportError(ValueError):
+class ExportError(Error):
     """Bad arguments or an unusable checkpoint/calibration set; the message names it."""
 
 
@@ -65,22 +67,17 @@ def _write_bytes(path: str | os.PathLike, blob: bytes) -> None:
     """Writes `blob` atomically (never a partial file), or raises ExportError."""
     p = Path(path)
     try:
-        image_io._write_atomic(p, lambda f: f.write(blob))
+        write_atomic(p, blob)
     except OSError as e:
         raise ExportError(f"--output {p}: cannot write ({e.strerror or e})") from None
 
 
 def calibration_images(directory: str | os.PathLike) -> list[np.ndarray]:
     """Float32 RGB [h, w, 3] in [0, 1] crops of the LR images in `directory` (see above)."""
-    from maffsrn_jax.input_pipeline import IMAGE_EXTENSIONS
-
     d = Path(directory)
     if not d.is_dir():
         raise ExportError(f"--calibration {d}: no such directory")
-    files = sorted(
-        p for p in d.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
-    )[:CALIBRATION_IMAGES]
+    files = list_images(d)[:CALIBRATION_IMAGES]
     images = []
     for f in files:
         x = image_io.to_rgb_uint8(image_io.load_image(f))
@@ -395,20 +392,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", default="64x64", metavar="HxW",
                         help="TFLite's fixed input size (default: %(default)s)")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         size = parse_input_size(args.input_size)
         diff = export(args.checkpoint, args.format, args.output, precision=args.precision,
                       calibration=args.calibration, input_size=size)
-    except (ExportError, image_io.ImageError) as e:
-        print(f"error: {errors.first_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (no partial output was written)", file=sys.stderr)
-        return 130
-    size_bytes = Path(args.output).stat().st_size
-    print(f"wrote {args.output} ({size_bytes:,} bytes, {args.format} {args.precision}); "
-          f"max |diff| to the Flax model on the check image: {diff:.3g}")
-    return 0
+        size_bytes = Path(args.output).stat().st_size
+        print(f"wrote {args.output} ({size_bytes:,} bytes, {args.format} {args.precision}); "
+              f"max |diff| to the Flax model on the check image: {diff:.3g}")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":
