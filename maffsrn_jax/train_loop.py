@@ -26,14 +26,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import flax
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import jax_utils
+from tqdm import tqdm
 
-from maffsrn_jax import evaluation
+from maffsrn_jax import checkpoints, data, evaluation, train_lib
+from maffsrn_jax.convert import load_pretrained, model_config
 from maffsrn_jax.errors import Error, first_line
 from maffsrn_jax.files import write_atomic
+from maffsrn_jax.models import MIN_INPUT_SIZE
 from maffsrn_jax.workdir_lock import WorkdirLock
 
 
@@ -56,8 +61,6 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             f"--config.batch_size={config.batch_size} is not divisible by the {n_dev} devices "
             f"of this run ({jax.process_count()} process(es) x {jax.local_device_count()})"
         )
-    from maffsrn_jax.models import MIN_INPUT_SIZE
-
     if config.patch_size < MIN_INPUT_SIZE:
         raise TrainingError(
             f"--config.patch_size={config.patch_size} is below the model's minimum input "
@@ -165,54 +168,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         absl_logger.removeFilter(quiet)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_p: Path) -> dict[str, Any]:
-    from flax import jax_utils
-
-    from maffsrn_jax import checkpoints, data, train_lib
-    from maffsrn_jax.convert import model_config
-
-    is_main = jax.process_index() == 0
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     try:
         model = train_lib.model_from_config(config.model)
     except (TypeError, ValueError) as e:
         raise TrainingError(f"--config.model: {e}") from e
-    scale = model.scale
 
     # Data first: a missing dataset should fail before anything is compiled.
-    train_ds, val_ds = data.get_datasets(config.data, scale, patch_size=config.patch_size)
+    train_ds, val_ds = data.get_datasets(config.data, model.scale, patch_size=config.patch_size)
     val_pairs = [val_ds.pair(i) for i in range(len(val_ds))]
 
-    workdir_p.mkdir(parents=True, exist_ok=True)
-    latest_root = workdir_p / checkpoints.LATEST_DIR
-    best_root = workdir_p / checkpoints.BEST_DIR
-    # Before the managers open: they must not see damaged steps or unfinished writes.
-    found = recover(workdir_p)
-    latest = checkpoints.manager(latest_root, max_to_keep=config.keep_checkpoints, async_save=True)
-    best = checkpoints.manager(best_root, max_to_keep=1, best_metric="psnr")
-    arch = model_config(model)
-
-    schedule = train_lib.learning_rate_schedule(config)
+    workdir.mkdir(parents=True, exist_ok=True)
+    found = recover(workdir)  # before the checkpoint managers open the workdir
     tx = train_lib.make_optimizer(config)
-    params = train_lib.init_params(model, jax.random.key(config.seed))
-    state = train_lib.create_train_state(params, tx)
-
-    start_step = found.step
-    if start_step is not None:
-        saved, saved_arch = found.state, found.model_config
-        if saved_arch != arch:
-            raise TrainingError(
-                f"{workdir_p}: holds checkpoints of another architecture ({saved_arch}); "
-                f"this config builds {arch}. Use a new --workdir."
-            )
-        import flax
-
-        state = flax.serialization.from_state_dict(state, saved)
-        logging.info("Resuming from %s at step %d.", latest_root, start_step)
-    else:
-        start_step = 0
-        if config.init_from:
-            state = state.replace(params=_init_from(config.init_from, state.params))
-            state = train_lib.create_train_state(state.params, tx)
+    state = _initial_state(config, model, tx, found, workdir)
+    start_step = int(state.step)
 
     train_iter = data.train_iterator(
         train_ds,
@@ -220,129 +190,230 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_p: Path) -> d
         seed=config.seed,
         global_batch_size=config.batch_size,
         patch_size=config.patch_size,
-        scale=scale,
+        scale=model.scale,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         num_threads=config.data.num_threads,
         prefetch=config.data.prefetch,
     )
-    n_local = jax.local_device_count()
-    device_iter = jax_utils.prefetch_to_device((train_lib.shard(b, n_local) for b in train_iter), 2)
-    p_train_step = train_lib.make_p_train_step(model, tx, schedule)
-    p_state = train_lib.replicate(state)
-
-    writer = None
-    if is_main:
-        from tensorboardX import SummaryWriter
-
-        writer = SummaryWriter(str(workdir_p / "tensorboard"))
-    log = MetricsLog(workdir_p / "metrics.jsonl", start_step, is_main)
-    bicubic = bicubic_baseline(val_pairs, scale)
-
-    stop_signal: dict[str, int | None] = {"sig": None}
-
-    def on_signal(signum, _frame):
-        stop_signal["sig"] = signum
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def save(step: int, host_state) -> None:
-        try:
-            checkpoints.save(latest, step, flax_state_dict(host_state), arch)
-        except _WRITE_ERRORS as e:  # this save, or the previous async one, failed
-            raise WriteFailed(latest_root, "checkpoint", e) from e
-
-    def run_eval(step: int, host_state) -> dict[str, Any]:
-        res = evaluate(model, host_state.params, val_pairs, scale, config.eval_tile)
-        record = {
-            "step": step,
-            "val_psnr": res["psnr"],
-            "val_ssim": res["ssim"],
-            "bicubic_psnr": bicubic["psnr"],
-            "bicubic_ssim": bicubic["ssim"],
-        }
-        # The best checkpoint first, the log line after: a logged evaluation implies its best
-        # checkpoint, so a resume re-runs an evaluation exactly when its line is missing.
-        if step not in best.all_steps():
-            try:
-                checkpoints.save(
-                    best, step, flax_state_dict(host_state), arch, {"psnr": res["psnr"]}
-                )
-            except _WRITE_ERRORS as e:
-                raise WriteFailed(best_root, "checkpoint", e) from e
-        log.write(record)
-        if writer:
-            writer.add_scalar("val/psnr", res["psnr"], step)
-            writer.add_scalar("val/ssim", res["ssim"], step)
-            for i in range(min(config.num_summary_images, len(val_pairs))):
-                strip = summary_strip(res["sr"][i], bicubic["sr"][i], val_pairs[i][1])
-                writer.add_image(f"val/{i}_sr_bicubic_hr", strip, step, dataformats="HWC")
-        return res
-
-    from tqdm import tqdm
-
-    progress = tqdm(
-        total=config.num_train_steps,
-        initial=start_step,
-        disable=not is_main,
-        dynamic_ncols=True,
-        desc="train",
-        file=sys.stdout,
-    )
-    step, window, t0, pending = start_step, [], time.time(), None
-    result, stop_error, failure = None, None, None
-    # A run killed between a checkpoint and its evaluation resumes at that step with the
-    # evaluation (line and best checkpoint) missing: run it now, on the same weights.
-    eval_due = start_step > 0 and (
-        start_step % config.eval_every_steps == 0 or start_step == config.num_train_steps
-    )
-    missing_eval = _same_on_all_processes(eval_due and not log.has(start_step, "val_psnr"))
+    outputs = _Outputs(config, model, workdir, val_pairs, start_step)
+    failure, stop_error = None, None
     try:
-        if missing_eval:
-            result = run_eval(start_step, train_lib.unreplicate_to_host(p_state))
+        with _StopSignal() as stop:
+            state, result, stop_error = _train(config, model, tx, state, train_iter, outputs,
+                                               stop)
+    except WriteFailed as e:
+        failure = e
+    finally:
+        failure = outputs.close() or failure
+        train_iter.close()
+
+    if failure is not None:
+        raise outputs.failure_error(failure) from failure
+    if stop_error is not None:
+        raise stop_error
+    if result is None:  # resumed at the end: score the final weights once more
+        result = evaluate(model, state.params, val_pairs, model.scale, config.eval_tile)
+    if jax.process_index() == 0:
+        _print_report(val_ds.names, model.scale, int(state.step), outputs.bicubic, result)
+    return {
+        "psnr": result["psnr"],
+        "ssim": result["ssim"],
+        "bicubic_psnr": outputs.bicubic["psnr"],
+        "bicubic_ssim": outputs.bicubic["ssim"],
+    }
+
+
+def _initial_state(config, model, tx, found, workdir: Path) -> train_lib.TrainState:
+    """The resumed state (`found`: `recover`'s newest intact checkpoint), else a fresh one."""
+    params = train_lib.init_params(model, jax.random.key(config.seed))
+    state = train_lib.create_train_state(params, tx)
+    if found.step is not None:
+        arch = model_config(model)
+        if found.model_config != arch:
+            raise TrainingError(
+                f"{workdir}: holds checkpoints of another architecture ({found.model_config}); "
+                f"this config builds {arch}. Use a new --workdir."
+            )
+        logging.info("Resuming from %s at step %d.", found.root, found.step)
+        return flax.serialization.from_state_dict(state, found.state)
+    if config.init_from:
+        state = train_lib.create_train_state(_init_from(config.init_from, state.params), tx)
+    return state
+
+
+def _train(config, model, tx, state, train_iter, outputs: _Outputs, stop: _StopSignal):
+    """The loop from `state` to `num_train_steps`: returns (host state, the last evaluation
+    or None, the error that ended it early or None). Checkpoints, evaluations and logs go to
+    `outputs` on their schedules."""
+    n_local = jax.local_device_count()
+    batches = jax_utils.prefetch_to_device((train_lib.shard(b, n_local) for b in train_iter), 2)
+    p_train_step = train_lib.make_p_train_step(
+        model, tx, train_lib.learning_rate_schedule(config))
+    p_state = train_lib.replicate(state)
+    step = start_step = int(state.step)
+    result, stop_error = None, None
+    progress = tqdm(total=config.num_train_steps, initial=start_step,
+                    disable=jax.process_index() != 0, dynamic_ncols=True, desc="train",
+                    file=sys.stdout)
+    host = lambda: train_lib.unreplicate_to_host(p_state)
+    due = lambda every: step % every == 0 or step == config.num_train_steps
+    try:
+        # A run killed between a checkpoint and its evaluation resumes at that step with the
+        # evaluation (line and best checkpoint) missing: run it now, on the same weights.
+        if _same_on_all_processes(start_step > 0 and due(config.eval_every_steps)
+                                  and not outputs.log.has(start_step, "val_psnr")):
+            result = outputs.evaluate(start_step, host())
+        window, t0, pending = [], time.time(), None
         while step < config.num_train_steps:
-            batch = next(device_iter)
-            p_state, metrics = p_train_step(p_state, batch)
+            p_state, metrics = p_train_step(p_state, next(batches))
             step += 1
             # Read the previous step's metrics only now, so the host never waits on the
             # device step it just dispatched.
             if pending is not None:
                 window.append(_read(pending))
             pending = metrics
-            if step % config.log_every_steps == 0 or step == config.num_train_steps:
+            if due(config.log_every_steps):
                 window.append(_read(pending))
                 pending = None
-                bad_run = int(train_lib.unreplicate_to_host(p_state.bad_run))
-                _log_window(window, step, t0, log, writer, progress)
+                outputs.log_train(window, step, t0, progress)
                 window, t0 = [], time.time()
+                bad_run = int(train_lib.unreplicate_to_host(p_state.bad_run))
                 if bad_run >= config.max_bad_steps:
                     stop_error = NonFiniteError(
                         f"stopped: the last {bad_run} steps had a non-finite loss or gradient "
                         f"(lower --config.learning_rate?); the last good checkpoint is kept in "
-                        f"{workdir_p / checkpoints.LATEST_DIR}"
+                        f"{outputs.latest_root}"
                     )
                     break
             progress.update(1)
-            if _stop_requested(stop_signal):
+            if stop.requested():
                 break
-            if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-                save(step, train_lib.unreplicate_to_host(p_state))
-            if step % config.eval_every_steps == 0 or step == config.num_train_steps:
-                result = run_eval(step, train_lib.unreplicate_to_host(p_state))
+            if due(config.checkpoint_every_steps):
+                outputs.save(step, host())
+            if due(config.eval_every_steps):
+                result = outputs.evaluate(step, host())
                 progress.set_postfix_str(f"val PSNR {result['psnr']:.2f} dB")
-        if _stop_requested(stop_signal) and stop_error is None:
-            host_state = train_lib.unreplicate_to_host(p_state)
-            save(int(host_state.step), host_state)
-            name = signal.Signals(stop_signal["sig"] or signal.SIGTERM).name
+        if stop.requested() and stop_error is None:
+            final = host()
+            outputs.save(int(final.step), final)
             stop_error = Interrupted(
-                f"{name}: saved a checkpoint at step {int(host_state.step)} in "
-                f"{latest_root}; run the same command to resume"
+                f"{stop.name()}: saved a checkpoint at step {int(final.step)} in "
+                f"{outputs.latest_root}; run the same command to resume"
             )
-    except WriteFailed as e:
-        failure = e
     finally:
         progress.close()
-        for mngr, root in ((latest, latest_root), (best, best_root)):
+    return host(), result, stop_error
+
+
+class _StopSignal:
+    """SIGTERM / SIGINT while training: noted, acted on at the next step boundary."""
+
+    def __enter__(self) -> _StopSignal:
+        self.signum: int | None = None
+        self._old = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _note(self, signum, _frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+    def requested(self) -> bool:
+        local = self.signum is not None
+        if jax.process_count() == 1:
+            return local
+        # Every process must leave the loop at the same step, or the others hang in pmean.
+        from jax.experimental import multihost_utils
+
+        return bool(np.any(multihost_utils.process_allgather(np.array(local))))
+
+    def name(self) -> str:
+        return signal.Signals(self.signum or signal.SIGTERM).name
+
+
+class _Outputs:
+    """What a run writes: checkpoints (`checkpoints/`, the latest; `best/`, by validation
+    PSNR), `metrics.jsonl` and TensorBoard summaries (the last two on process 0)."""
+
+    def __init__(self, config, model, workdir: Path, val_pairs, start_step: int):
+        is_main = jax.process_index() == 0
+        self.config, self.model, self.val_pairs = config, model, val_pairs
+        self.arch = model_config(model)
+        self.latest_root = workdir / checkpoints.LATEST_DIR
+        self.best_root = workdir / checkpoints.BEST_DIR
+        self.latest = checkpoints.manager(
+            self.latest_root, max_to_keep=config.keep_checkpoints, async_save=True)
+        self.best = checkpoints.manager(self.best_root, max_to_keep=1, best_metric="psnr")
+        self.log = MetricsLog(workdir / "metrics.jsonl", start_step, is_main)
+        self.writer = None
+        if is_main:
+            # Deferred: tensorboardX imports torch when torch is installed (seconds).
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(str(workdir / "tensorboard"))
+        self.bicubic = bicubic_baseline(val_pairs, model.scale)
+
+    def _save(self, mngr, root: Path, step: int, host_state, metrics=None) -> None:
+        try:
+            checkpoints.save(mngr, step, flax_state_dict(host_state), self.arch, metrics)
+        except _WRITE_ERRORS as e:  # this save, or the previous async one, failed
+            raise WriteFailed(root, "checkpoint", e) from e
+
+    def save(self, step: int, host_state) -> None:
+        self._save(self.latest, self.latest_root, step, host_state)
+
+    def evaluate(self, step: int, host_state) -> dict[str, Any]:
+        """Scores `host_state` on the validation pairs; logs it and keeps the best."""
+        res = evaluate(self.model, host_state.params, self.val_pairs, self.model.scale,
+                       self.config.eval_tile)
+        # The best checkpoint first, the log line after: a logged evaluation implies its best
+        # checkpoint, so a resume re-runs an evaluation exactly when its line is missing.
+        if step not in self.best.all_steps():
+            self._save(self.best, self.best_root, step, host_state, {"psnr": res["psnr"]})
+        self.log.write({
+            "step": step,
+            "val_psnr": res["psnr"],
+            "val_ssim": res["ssim"],
+            "bicubic_psnr": self.bicubic["psnr"],
+            "bicubic_ssim": self.bicubic["ssim"],
+        })
+        if self.writer:
+            self.writer.add_scalar("val/psnr", res["psnr"], step)
+            self.writer.add_scalar("val/ssim", res["ssim"], step)
+            for i in range(min(self.config.num_summary_images, len(self.val_pairs))):
+                strip = summary_strip(res["sr"][i], self.bicubic["sr"][i], self.val_pairs[i][1])
+                self.writer.add_image(f"val/{i}_sr_bicubic_hr", strip, step, dataformats="HWC")
+        return res
+
+    def log_train(self, window: list[dict[str, float]], step: int, t0: float, progress) -> None:
+        """One metrics line for the steps in `window` (their losses averaged, skips counted)."""
+        good = [m for m in window if m["finite"]]
+        mean = lambda k: float(np.mean([m[k] for m in good])) if good else float("nan")
+        record = {
+            "step": step,
+            "loss": mean("loss"),
+            "lr": window[-1]["lr"],
+            "grad_norm": mean("grad_norm"),
+            "skipped_steps": len(window) - len(good),
+            "steps_per_sec": len(window) / max(time.time() - t0, 1e-9),
+        }
+        self.log.write(record)
+        if self.writer:
+            for k in ("loss", "lr", "grad_norm", "steps_per_sec"):
+                self.writer.add_scalar(f"train/{k}", record[k], step)
+        if record["skipped_steps"]:
+            logging.warning("step %d: skipped %d non-finite step(s)", step,
+                            record["skipped_steps"])
+        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                             steps_s=f"{record['steps_per_sec']:.2f}")
+
+    def close(self) -> WriteFailed | None:
+        """Waits for pending checkpoint writes and closes everything; the first failure."""
+        failure = None
+        for mngr, root in ((self.latest, self.latest_root), (self.best, self.best_root)):
             try:
                 mngr.wait_until_finished()  # an async save's failure surfaces here
             except _WRITE_ERRORS as e:
@@ -350,42 +421,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_p: Path) -> d
             with contextlib.suppress(*_WRITE_ERRORS):
                 mngr.close()
         try:
-            log.close()
+            self.log.close()
         except OSError as e:
-            failure = failure or WriteFailed(log.path, "metrics", e)
-        if writer:
-            writer.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        close = getattr(train_iter, "close", None)
-        if close:
-            close()
+            failure = failure or WriteFailed(self.log.path, "metrics", e)
+        if self.writer:
+            self.writer.close()
+        return failure
 
-    if failure is not None:
-        kept = [
-            s
-            for s in checkpoints.step_dirs(latest_root)
-            if not checkpoints.step_problem(latest_root, s)
-        ]
+    def failure_error(self, failure: WriteFailed) -> TrainingError:
+        """The one line for a failed write: what failed and which checkpoint is kept."""
+        root = self.latest_root
+        kept = [s for s in checkpoints.step_dirs(root) if not checkpoints.step_problem(root, s)]
         what = f"kept the checkpoint at step {max(kept)}" if kept else "no checkpoint kept yet"
-        raise TrainingError(
+        return TrainingError(
             f"{failure.what} write to {failure.path} failed ({failure.reason}); {what} in "
-            f"{latest_root}; free space (or fix the workdir) and run the same command to resume"
-        ) from failure
-    if stop_error is not None:
-        raise stop_error
-    if result is None:  # resumed at the end: score the final weights once more
-        result = evaluate(
-            model, train_lib.unreplicate_to_host(p_state).params, val_pairs, scale, config.eval_tile
+            f"{root}; free space (or fix the workdir) and run the same command to resume"
         )
-    if is_main:
-        _print_report(val_ds.names, scale, step, bicubic, result)
-    return {
-        "psnr": result["psnr"],
-        "ssim": result["ssim"],
-        "bicubic_psnr": bicubic["psnr"],
-        "bicubic_ssim": bicubic["ssim"],
-    }
 
 
 class Interrupted(Exception):
@@ -439,8 +490,6 @@ def recover(workdir: Path):
     leaving everything in place, when steps exist but none is intact. Returns a
     `checkpoints.Scan` (`step` None: start afresh).
     """
-    from maffsrn_jax import checkpoints
-
     latest_root = workdir / checkpoints.LATEST_DIR
     best_root = workdir / checkpoints.BEST_DIR
     found = checkpoints.Scan(root=latest_root, step=None)
@@ -495,48 +544,11 @@ def _same_on_all_processes(flag: bool) -> bool:
 
 
 def flax_state_dict(state) -> dict:
-    import flax
-
     return flax.serialization.to_state_dict(state)
 
 
-def _stop_requested(stop_signal: dict) -> bool:
-    local = stop_signal["sig"] is not None
-    if jax.process_count() == 1:
-        return local
-    # Every process must leave the loop at the same step, or the others hang in pmean.
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.array(local))))
-
-
 def _read(metrics) -> dict[str, float]:
-    from maffsrn_jax.train_lib import unreplicate_to_host
-
-    return {k: float(v) for k, v in unreplicate_to_host(metrics).items()}
-
-
-def _log_window(window, step, t0, log, writer, progress) -> None:
-    good = [m for m in window if m["finite"]]
-    record = {
-        "step": step,
-        "loss": float(np.mean([m["loss"] for m in good])) if good else float("nan"),
-        "lr": window[-1]["lr"],
-        "grad_norm": float(np.mean([m["grad_norm"] for m in good])) if good else float("nan"),
-        "skipped_steps": len(window) - len(good),
-        "steps_per_sec": len(window) / max(time.time() - t0, 1e-9),
-    }
-    log.write(record)
-    if writer:
-        for k in ("loss", "lr", "grad_norm", "steps_per_sec"):
-            writer.add_scalar(f"train/{k}", record[k], step)
-    if record["skipped_steps"]:
-        logging.warning("step %d: skipped %d non-finite step(s)", step, record["skipped_steps"])
-    progress.set_postfix(
-        loss=f"{record['loss']:.4f}",
-        lr=f"{record['lr']:.2e}",
-        steps_s=f"{record['steps_per_sec']:.2f}",
-    )
+    return {k: float(v) for k, v in train_lib.unreplicate_to_host(metrics).items()}
 
 
 def _print_report(names, scale, step, bicubic, result) -> None:
@@ -552,9 +564,6 @@ def _print_report(names, scale, step, bicubic, result) -> None:
 
 
 def _init_from(path: str, params):
-    from maffsrn_jax import train_lib
-    from maffsrn_jax.convert import load_pretrained
-
     _, variables = load_pretrained(path)
     try:
         params, reinit = train_lib.load_init_params(params, variables["params"])
