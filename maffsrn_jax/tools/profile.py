@@ -6,11 +6,17 @@
     python -m maffsrn_jax.profile --checkpoint model.pt --train --json out.json
     python -m maffsrn_jax.profile --scale 4 --trace /tmp/trace --dump-hlo /tmp/hlo
     python -m maffsrn_jax.profile --scale 4 --xla-defaults     # without the package's options
+    python -m maffsrn_jax.profile --protocol challenge --data DIV2K/DIV2K_valid_LR_bicubic/X4
 
 Reports (and writes with `--json`):
   params             parameter scalars (weight-norm gain and direction both count, as PyTorch)
   macs               convolution multiply-adds of one forward pass over the whole batch,
-                     counted per Conv layer of the architecture (see `conv_macs`)
+                     counted per Conv layer of the architecture (see `counts.conv_macs`)
+  challenge_flops    the efficient-SR challenges' FLOPs of that forward pass (AIM 2020, NTIRE
+                     2022-2023): conv multiply-adds + one per output of each ReLU-family
+                     activation module of the official code (`counts.challenge_counts`)
+  activations        elements of all convolution outputs (the challenges' "#Activations")
+  num_convs          convolution layers run (a 1x1 written as a matmul counts as its conv)
   flops, bytes_accessed   XLA's cost analysis of the compiled program (forward, or the
                      whole train step with `--train`)
   peak_memory_bytes  XLA's memory analysis: arguments + outputs + temporaries (buffers that an
@@ -25,14 +31,30 @@ Reports (and writes with `--json`):
                      `--malloc-defaults`)
 
 Programs compile with the package's XLA options (`maffsrn_jax.xla_options`: on CPU, XLA's
-multi-threaded Eigen kernels instead of YNNPACK's single-threaded ones); `--xla-defaults`
-drops them, `--xla-option KEY=VALUE` (repeatable) adds or overrides one. Like every entry
+multi-threaded Eigen kernels instead of YNNPACK's single-threaded ones; importing the package
+also puts them in XLA_FLAGS, reported as `xla_flags`); `--xla-defaults` drops both,
+`--xla-option KEY=VALUE` (repeatable) adds or overrides one. Like every entry
 point, the command first makes malloc keep freed memory (`xla_options.keep_freed_memory`);
 `--malloc-defaults` leaves glibc's defaults.
 
 Sizes are HxW. `--output-size` gives the HR size; the LR input is HR // scale per side, as the
 official counts do (x3 at 720x1280 -> 240x426). Without a size the input is 256x256 (48x48
 with `--train`, the paper's training patch); the batch is 1 (16 with `--train`).
+
+`--protocol challenge` runs the efficient-SR challenges' runtime and memory protocol (NTIRE's
+`test_demo.py`) on whatever device JAX has: the model (x4 unless told otherwise) over the
+100 DIV2K validation LR images (`--data DIR`: a folder of them, or a DIV2K root holding
+`DIV2K_valid_LR_bicubic/X<scale>`), each on the device before its clock starts, one image at
+a time. Every distinct size is compiled and run once before timing (`compile_s` per size,
+apart from the runtimes). Reported: `runtime_ms_mean` (the challenges' figure) and
+`runtime_ms_median` per image, and `peak_memory_bytes`: on a GPU the allocator's peak bytes
+in use (`device.memory_stats()['peak_bytes_in_use']`, the counterpart of
+`torch.cuda.max_memory_allocated`), on CPU XLA's memory analysis of each size's program, the
+largest. The counts (`params`, `challenge_flops`, `activations`, `num_convs`) are taken on one
+256x256 LR image, as the challenges count. Without `--data`, random images at DIV2K's usual
+LR sizes (339x510 and 510x339 at x4, alternating) stand in, and the report says so
+(`stand_ins`). `--limit N` times the first N images only (a CPU run of all 100 at x4 takes
+minutes per size class).
 """
 
 from __future__ import annotations
@@ -40,108 +62,72 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from maffsrn_jax import train_lib, xla_options
 from maffsrn_jax.errors import first_line
-from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE, Conv, count_params
-from maffsrn_jax.optim import adamp
+from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE, count_params
+from maffsrn_jax.tools.common import (
+    TRAIN_LEARNING_RATE,
+    ArgumentError,
+    OneLineParser,
+    ProfileError,
+    add_runtime_arguments,
+    check_lr_size,
+    describe_device,
+    make_train_step,
+    minor_page_faults,
+    parse_size,
+    parse_xla_options,
+    random_batch,
+    resolve_options,
+    setup_malloc,
+    write_text_atomic,
+)
+from maffsrn_jax.tools.counts import (
+    CHALLENGE_INPUT_SHAPE,
+    challenge_counts,
+    conv_calls,
+    conv_macs,
+    param_count,
+)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-TRAIN_LEARNING_RATE = 2e-4  # the paper's; the value does not change the cost of a step
 
 __all__ = [
+    "TRAIN_LEARNING_RATE",
+    "ArgumentError",
+    "OneLineParser",
     "ProfileError",
+    "add_runtime_arguments",
+    "challenge_counts",
+    "challenge_images",
+    "challenge_protocol",
+    "check_lr_size",
+    "conv_calls",
     "conv_macs",
-    "param_count",
+    "describe_device",
     "make_train_step",
-    "profile_model",
+    "minor_page_faults",
+    "param_count",
+    "parse_size",
     "parse_xla_options",
+    "profile_model",
+    "random_batch",
+    "resolve_options",
+    "setup_malloc",
+    "write_text_atomic",
     "main",
 ]
-
-
-class ProfileError(ValueError):
-    """A bad flag, size or model description (reported as one line, exit status 2)."""
-
-
-# --- counts ---------------------------------------------------------------------------------
-
-
-def conv_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-adds of every `Conv` layer in one forward pass of an NHWC `input_shape`.
-
-    Counted from the layers, not from the compiled program: each Conv call adds
-    out_pixels * k * k * (C_in / groups) * C_out, whatever kernel the layer runs on (the
-    depthwise 5x5 runs as shifted multiply-adds, the 1x1s as matmuls). Pooling, resampling,
-    activations and the bicubic skip are not convolutions and are not counted; this is the
-    convention of the published MAFFSRN numbers (x4 on 256x256: 27.05 G). The layers are
-    intercepted while shapes are traced abstractly, so nothing is computed or compiled.
-    """
-    per_call: list[int] = []
-
-    def count(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        conv = context.module
-        if isinstance(conv, Conv) and context.method_name == "__call__":
-            x = args[0]
-            parts = x if isinstance(x, list | tuple) else [x]
-            c_in = sum(p.shape[-1] for p in parts)
-            taps = conv.kernel_size**2 * (c_in // conv.groups)
-            per_call.append(math.prod(out.shape[:-1]) * taps * conv.features)
-        return out
-
-    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
-    with nn.intercept_methods(count):
-        jax.eval_shape(model.init, jax.random.key(0), x)
-    return int(sum(per_call))
-
-
-def param_count(model: nn.Module) -> int:
-    """Number of parameter scalars of `model`, from its abstract initialisation."""
-    x = jax.ShapeDtypeStruct((1, MIN_INPUT_SIZE, MIN_INPUT_SIZE, 3), jnp.float32)
-    return count_params(jax.eval_shape(model.init, jax.random.key(0), x)["params"])
-
-
-# --- the programs ---------------------------------------------------------------------------
-
-
-def make_train_step(model: MAFFSRN) -> tuple[Callable[[Any], Any], Callable[..., Any]]:
-    """(init_state(params) -> state, train_step(state, batch) -> (state, metrics)).
-
-    The project's train step (`train_lib`: L1 loss + AdamP, non-finite steps skipped) on one
-    device, with the paper's AdamP settings. The batch is {'lr': uint8 [B, h, w, 3], 'hr':
-    uint8 [B, sh, sw, 3]}. The step is not jitted here.
-    """
-    schedule = optax.constant_schedule(TRAIN_LEARNING_RATE)
-    tx = adamp(schedule)
-    step = train_lib.make_train_step(model, tx, schedule, axis_name=None)
-    return (lambda params: train_lib.create_train_state(params, tx)), step
-
-
-def random_batch(
-    batch_size: int, lr_hw: tuple[int, int], scale: int, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """A uint8 training batch {'lr': [B, h, w, 3], 'hr': [B, sh, sw, 3]} of noise."""
-    rng = np.random.default_rng(seed)
-    h, w = lr_hw
-    return {
-        "lr": rng.integers(0, 256, (batch_size, h, w, 3), dtype=np.uint8),
-        "hr": rng.integers(0, 256, (batch_size, h * scale, w * scale, 3), dtype=np.uint8),
-    }
 
 
 def _cost(compiled: Any) -> dict[str, float]:
@@ -159,15 +145,6 @@ def _peak_memory(compiled: Any) -> int | None:
     return int(total - getattr(mem, "alias_size_in_bytes", 0))
 
 
-def minor_page_faults() -> int | None:
-    """Minor page faults of this process so far (getrusage), or None where unsupported."""
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
 def _time_runs(
     run: Callable[[], Any], warmup: int, repeats: int
 ) -> tuple[list[float], float | None]:
@@ -183,18 +160,6 @@ def _time_runs(
     after = minor_page_faults()
     per_run = None if faults is None or after is None else (after - faults) / repeats
     return times, per_run
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def profile_model(
@@ -235,6 +200,7 @@ def profile_model(
         "input_shape": [n, h, w, 3],
         "params": count_params(params),
         "macs": conv_macs(model, (n, h, w, 3)),
+        **challenge_counts(model, (n, h, w, 3)),
     }
 
     if train:
@@ -264,6 +230,7 @@ def profile_model(
     report["bytes_accessed"] = cost.get("bytes accessed")
     report["peak_memory_bytes"] = _peak_memory(compiled)
     report["compiler_options"] = dict(compiler_options)
+    report["xla_flags"] = os.environ.get("XLA_FLAGS", "")
 
     if hlo_dir is not None:
         stem = "train_step" if train else "forward"
@@ -294,57 +261,136 @@ def profile_model(
     return report
 
 
-def describe_device() -> str:
-    """'cpu (2 cores)' or e.g. 'gpu: NVIDIA H100 80GB HBM3 (x1)', for reports."""
-    device = jax.devices()[0]
-    if device.platform == "cpu":
-        return f"cpu ({os.cpu_count()} cores)"
-    return f"{device.platform}: {device.device_kind} (x{jax.device_count()})"
+# --- the challenges' runtime and memory protocol --------------------------------------------
+
+# DIV2K's validation HR images are mostly 2040x1356 (landscape) or 1356x2040 (portrait); at x4
+# their LR images are 339x510 and 510x339 (HxW).
+DIV2K_LR_SIZES = ((339, 510), (510, 339))
+DIV2K_VALID_IMAGES = 100
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
-# --- command line ---------------------------------------------------------------------------
+def challenge_images(
+    data: str | os.PathLike | None, scale: int, limit: int | None = None, seed: int = 0
+) -> tuple[list[tuple[str, np.ndarray]], bool]:
+    """([(name, float32 [H, W, 3] in [0, 1]), ...], stand_ins) for the challenge protocol.
 
-
-def parse_size(text: str, flag: str) -> tuple[int, int]:
-    """'HxW' -> (H, W), positive integers."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ProfileError(f"{flag} {text!r}: expected HxW, e.g. 256x256")
-    h, w = (int(p) for p in parts)
-    if h < 1 or w < 1:
-        raise ProfileError(f"{flag} {text!r}: sizes must be positive")
-    return h, w
-
-
-def check_lr_size(size: tuple[int, int], flag: str) -> None:
-    """Raises ProfileError naming `flag` unless the LR size (H, W) is one the model takes."""
-    h, w = size
-    if min(h, w) < MIN_INPUT_SIZE:
-        raise ProfileError(
-            f"{flag}: LR input {h}x{w} is under the {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
-            "that the ESA max pool needs"
-        )
-
-
-def parse_xla_options(items: Sequence[str]) -> dict[str, Any]:
-    """['KEY=VALUE', ...] -> XLA compiler options for one jitted program.
-
-    They apply to the profiled program only (`jax.jit(..., compiler_options=...)`), unlike
-    the process-wide XLA_FLAGS. Integers and true/false are converted; enum values are given
-    by name, e.g. xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT.
+    `data` is a folder of LR images or a DIV2K root (its `DIV2K_valid_LR_bicubic/X<scale>`
+    is used); None gives random stand-ins at DIV2K's usual x4 LR sizes, alternating, 100 of
+    them. `limit` keeps the first N (in name order).
     """
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ProfileError(f"--xla-option {item!r}: expected KEY=VALUE")
-        v: Any = value
-        if value.lower() in ("true", "false"):
-            v = value.lower() == "true"
-        elif value.lstrip("-").isdigit():
-            v = int(value)
-        options[key.strip()] = v
-    return options
+    count = DIV2K_VALID_IMAGES if limit is None else min(limit, DIV2K_VALID_IMAGES)
+    if data is None:
+        rng = np.random.default_rng(seed)
+        images = []
+        for i in range(count):
+            h, w = DIV2K_LR_SIZES[i % len(DIV2K_LR_SIZES)]
+            images.append((f"stand_in_{i:03d}", rng.random((h, w, 3), dtype=np.float32)))
+        return images, True
+    from maffsrn_jax import image_io
+
+    root = Path(data)
+    folder = root / "DIV2K_valid_LR_bicubic" / f"X{scale}"
+    folder = folder if folder.is_dir() else root
+    if not folder.is_dir():
+        raise ProfileError(f"--data {data}: no such folder")
+    paths = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ProfileError(f"--data {data}: no images in {folder}")
+    if limit is not None:
+        paths = paths[:limit]
+    images = []
+    for path in paths:
+        try:
+            pixels = image_io.to_rgb_uint8(image_io.load_image(path))
+        except (OSError, ValueError) as e:
+            raise ProfileError(f"--data: cannot read {path}: {first_line(e)}") from e
+        check_lr_size(pixels.shape[:2], f"--data {path.name}")
+        images.append((path.name, pixels.astype(np.float32) / 255.0))
+    return images, False
+
+
+def _device_peak_bytes(device: Any) -> int | None:
+    """The allocator's peak bytes in use on `device`, or None where it keeps no statistics."""
+    try:
+        stats = device.memory_stats()
+    except Exception:  # CPU and some plugins raise rather than return None
+        return None
+    return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def challenge_protocol(
+    model: MAFFSRN,
+    params: Any | None,
+    images: Sequence[tuple[str, np.ndarray]],
+    *,
+    compiler_options: dict[str, Any] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
+    """The challenges' runtime and memory protocol over `images` (see the module docstring).
+
+    Each distinct size is compiled and run once untimed first; then every image, already on
+    the device, is timed from the call to the finished output. Returns the protocol's report
+    (runtimes per image in `runtime_ms`, their mean and median, the peak memory and how it
+    was read, compile times per size).
+    """
+    if not images:
+        raise ProfileError("the challenge protocol needs at least one image")
+    compiler_options = xla_options.resolve(compiler_options)
+    if params is None:
+        params = train_lib.init_params(model, jax.random.key(0))
+    device = jax.devices()[0]
+    variables = jax.device_put({"params": params}, device)
+    forward = jax.jit(model.apply, compiler_options=compiler_options)
+
+    sizes: dict[tuple[int, int], dict[str, Any]] = {}
+    programs: dict[tuple[int, int], Any] = {}
+    for _, image in images:
+        hw = image.shape[:2]
+        if hw in programs:
+            sizes[hw]["images"] += 1
+            continue
+        spec = jax.ShapeDtypeStruct((1, *hw, 3), jnp.float32)
+        start = clock()
+        compiled = forward.lower(variables, spec).compile()
+        jax.block_until_ready(compiled(variables, jnp.zeros(spec.shape, spec.dtype, device=device)))
+        programs[hw] = compiled
+        sizes[hw] = {
+            "size": list(hw),
+            "images": 1,
+            "compile_s": round(clock() - start, 3),
+            "xla_peak_memory_bytes": _peak_memory(compiled),
+        }
+
+    runtimes = []
+    for _, image in images:
+        x = jax.device_put(image[None], device)
+        jax.block_until_ready(x)
+        start = clock()
+        jax.block_until_ready(programs[image.shape[:2]](variables, x))
+        runtimes.append((clock() - start) * 1e3)
+
+    allocator_peak = _device_peak_bytes(device)
+    if allocator_peak is not None:
+        peak, method = int(allocator_peak), "allocator peak_bytes_in_use (device.memory_stats)"
+    else:
+        analysed = [s["xla_peak_memory_bytes"] for s in sizes.values()]
+        peak = None if None in analysed else max(analysed)
+        method = "XLA memory analysis (arguments + outputs + temporaries), largest size"
+    return {
+        "protocol": "challenge",
+        "images": len(images),
+        "sizes": list(sizes.values()),
+        "compile_s": round(sum(s["compile_s"] for s in sizes.values()), 3),
+        "runtime_ms_mean": round(float(np.mean(runtimes)), 3),
+        "runtime_ms_median": round(float(np.median(runtimes)), 3),
+        "runtime_ms": [round(t, 3) for t in runtimes],
+        "peak_memory_bytes": peak,
+        "peak_memory_method": method,
+        "compiler_options": dict(compiler_options),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "device": describe_device(),
+    }
 
 
 def load_config_model(path: str) -> dict[str, Any]:
@@ -436,6 +482,10 @@ def _format(report: dict[str, Any]) -> str:
         f"{report['model']['dtype']}, {report['mode']} on {report['input_shape']}",
         f"params            {report['params']:,}",
         f"macs              {giga(report['macs'])} (conv multiply-adds, forward)",
+        f"challenge_flops   {giga(report['challenge_flops'])} (AIM 2020 / NTIRE 2022-23 "
+        "counter: conv MACs + ReLU-family outputs)",
+        f"activations       {report['activations'] / 1e6:.2f} M (conv output elements), "
+        f"{report['num_convs']} convs",
         f"flops             {giga(report['flops'])} (XLA cost analysis)",
         f"bytes_accessed    {giga(report['bytes_accessed'])}B",
         f"peak_memory       {'n/a' if mem is None else f'{mem / 2**20:.1f} MiB'} "
@@ -448,33 +498,69 @@ def _format(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class ArgumentError(Exception):
-    """A flag argparse rejected (reported as one line, exit status 2)."""
+def _format_protocol(report: dict[str, Any]) -> str:
+    mem = report["peak_memory_bytes"]
+    sizes = ", ".join(
+        f"{s['size'][0]}x{s['size'][1]} ({s['images']} images, compile {s['compile_s']:.1f} s)"
+        for s in report["sizes"]
+    )
+    source = "random stand-ins at DIV2K's LR sizes" if report["stand_ins"] else report["data"]
+    lines = [
+        f"model             MAFFSRN x{report['model']['scale']}, {report['model']['n_ffgs']} FFGs, "
+        f"{report['model']['dtype']}, challenge protocol",
+        f"images            {report['images']} from {source}",
+        f"sizes             {sizes}",
+        f"runtime           mean {report['runtime_ms_mean']:.1f} ms, median "
+        f"{report['runtime_ms_median']:.1f} ms per image (compile excluded)",
+        f"peak_memory       {'n/a' if mem is None else f'{mem / 2**20:.1f} MiB'} "
+        f"({report['peak_memory_method']})",
+        f"params            {report['params']:,}",
+        f"challenge_flops   {report['challenge_flops'] / 1e9:.2f} G on 1x256x256 "
+        f"(activations {report['activations'] / 1e6:.2f} M, {report['num_convs']} convs)",
+        f"device            {report['device']}",
+    ]
+    return "\n".join(lines)
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors raise `ArgumentError` instead of printing the usage block."""
-
-    def error(self, message: str):
-        raise ArgumentError(message)
-
-
-def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
-    """--xla-option / --xla-defaults (read back by `resolve_options`) and --malloc-defaults."""
-    p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="XLA compiler option for the JAX programs (repeatable)")
-    p.add_argument("--xla-defaults", action="store_true",
-                   help="start from XLA's defaults instead of maffsrn_jax.xla_options")
-    p.add_argument("--malloc-defaults", action="store_true",
-                   help="leave glibc's malloc as it is (no xla_options.keep_freed_memory)")
-
-
-def setup_malloc(malloc_defaults: bool) -> bool:
-    """What every entry point does first: `keep_freed_memory()` unless --malloc-defaults.
-
-    Returns whether freed memory is kept (False with --malloc-defaults or off glibc).
-    """
-    return False if malloc_defaults else xla_options.keep_freed_memory()
+def run_challenge_protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """`--protocol challenge`: the model of the flags through `challenge_protocol`."""
+    conflicting = [
+        flag
+        for flag, value in (
+            ("--train", args.train),
+            ("--input-size", args.input_size),
+            ("--output-size", args.output_size),
+            ("--batch-size", args.batch_size),
+            ("--trace", args.trace),
+            ("--dump-hlo", args.dump_hlo),
+        )
+        if value
+    ]
+    if conflicting:
+        raise ProfileError(f"--protocol challenge sets its own inputs: drop {conflicting[0]}")
+    if args.limit is not None and args.limit < 1:
+        raise ProfileError(f"--limit {args.limit}: must be at least 1")
+    model, params = _build_model(args)
+    images, stand_ins = challenge_images(args.data, model.scale, args.limit)
+    report: dict[str, Any] = {
+        "model": {"scale": model.scale, "n_ffgs": model.n_ffgs,
+                  "dtype": jnp.dtype(model.dtype).name},
+        "mode": "inference",
+        "data": None if args.data is None else str(args.data),
+        "stand_ins": stand_ins,
+        "limit": args.limit,
+        "params": param_count(model),
+        "count_input_shape": list(CHALLENGE_INPUT_SHAPE),
+        "macs": conv_macs(model, CHALLENGE_INPUT_SHAPE),
+        **challenge_counts(model, CHALLENGE_INPUT_SHAPE),
+    }
+    report.update(
+        challenge_protocol(
+            model, params, images,
+            compiler_options=resolve_options(args.xla_option, args.xla_defaults),
+        )
+    )
+    return report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -497,14 +583,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=None, metavar="DIR", help="write a jax.profiler trace")
     p.add_argument("--dump-hlo", default=None, metavar="DIR", help="write StableHLO and HLO")
     p.add_argument("--json", default=None, metavar="OUT", help="write the report as JSON")
+    p.add_argument("--protocol", choices=("challenge",), default=None,
+                   help="challenge: the efficient-SR challenges' runtime/memory protocol")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="with --protocol challenge: DIV2K validation LR images (or DIV2K root)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="with --protocol challenge: time the first N images only")
     add_runtime_arguments(p)
     return p
-
-
-def resolve_options(items: Sequence[str], xla_defaults: bool) -> dict[str, Any]:
-    """The package's compiler options (none with `xla_defaults`), updated by --xla-option."""
-    base = xla_options.resolve({} if xla_defaults else None)
-    return {**base, **parse_xla_options(items)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,8 +598,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         kept = setup_malloc(args.malloc_defaults)
+        if args.xla_defaults:  # before any JAX backend starts and reads XLA_FLAGS
+            xla_options.remove_default_xla_flags()
         if args.repeats < 0 or args.warmup < 0:
             raise ProfileError("--repeats and --warmup must be >= 0")
+        if args.protocol is None and (args.data is not None or args.limit is not None):
+            raise ProfileError("--data and --limit go with --protocol challenge")
+        if args.protocol == "challenge":
+            report = run_challenge_protocol(args)
+            report["malloc_keeps_freed_memory"] = kept
+            print(_format_protocol(report))
+            if args.json:
+                write_text_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
+            return 0
         model, params = _build_model(args)
         shape = _input_shape(args, model.scale)
         report = profile_model(

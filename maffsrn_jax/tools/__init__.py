@@ -1,0 +1,10 @@
+"""The package's command-line tools and the code they share.
+
+    python -m maffsrn_jax.profile ...   # maffsrn_jax.tools.profile: counts, memory, latency
+    python -m maffsrn_jax.speed ...     # maffsrn_jax.tools.speed: JAX beside PyTorch (and ONNX)
+    python -m maffsrn_jax.bench ...     # maffsrn_jax.tools.bench: input pipeline throughput
+
+`common` holds what more than one command uses (flag parsing, the benchmark train step,
+page-fault and device reports) and `counts` the model's operation counts; neither is a
+command. The old module paths (`maffsrn_jax.profile`, ...) stay importable and runnable.
+"""
