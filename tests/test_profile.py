@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 from maffsrn_jax import profile, speed, xla_options
@@ -426,3 +427,50 @@ def test_speed_worker_errors_become_one_line():
     with pytest.raises(speed.SpeedError, match=r"^jax worker: ValueError: input 8x8") as e:
         speed.run_benchmarks(only=("inference",), repeats=1, settings={"inference": too_small})
     assert "\n" not in str(e.value)
+
+
+# --- the ONNX Runtime side, against the exporter's contract -----------------------------------
+
+
+def _fake_exporter(layout: str, calls: list):
+    """A stand-in `maffsrn_jax.export` keeping `export_onnx`'s signature: its graph upsamples
+    by the model's scale (nearest), in `layout`, so the side's plumbing can be checked."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    def export_onnx(model, variables, path, *, precision="float32", calibration=None) -> None:
+        calls.append((model.scale, sorted(variables), precision, calibration))
+        s = float(model.scale)
+        scales = [1.0, 1.0, s, s] if layout == "NCHW" else [1.0, s, s, 1.0]
+        shape = ["n", 3, "h", "w"] if layout == "NCHW" else ["n", "h", "w", 3]
+        graph = helper.make_graph(
+            [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")],
+            "fake",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [helper.make_tensor("scales", TensorProto.FLOAT, [4], scales)],
+        )
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+
+    module = type(sys)("maffsrn_jax.export")
+    module.export_onnx = export_onnx
+    return module
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_onnx_side_builds_from_export_onnx_and_returns_nhwc(layout, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "maffsrn_jax.export", _fake_exporter(layout, calls))
+    setting = {**TINY_SETTING, "size": (16, 20)}
+    job = speed.Job("inference", setting, speed.initial_weights(setting, 0), 0, None, {}, "cpu")
+    run, first, env = speed._onnx_run(job)
+    assert calls == [(2, ["params"], "float32", None)]
+    assert env["onnxruntime_input_layout"] == layout
+    assert first.shape == (1, 32, 40, 3)  # NHWC whatever the graph's layout
+    x = np.random.default_rng(0).random((1, 16, 20, 3), dtype=np.float32)
+    np.testing.assert_array_equal(first, x.repeat(2, axis=1).repeat(2, axis=2))
+    assert run().shape == (first.shape if layout == "NHWC" else (1, 3, 32, 40))
+    with pytest.raises(speed.SpeedError, match="inference only"):
+        speed._onnx_run(job._replace(name="train"))
