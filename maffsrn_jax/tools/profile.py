@@ -24,8 +24,9 @@ Reports (and writes with `--json`):
   compile_s          lowering + compilation time
   latency_ms         median wall time of one forward after warm-up (`train_step_ms` with
                      `--train`: one L1 + AdamP step, state donated)
-  page_faults_per_run  minor page faults of the process per timed run (getrusage; memory
-                     the allocator maps afresh each run faults in again)
+  page_faults_per_run  minor page faults of the process per timed run, the median over the
+                     runs (getrusage; memory the allocator maps afresh each run faults in
+                     again, while growing the heap once to its high-water mark is not typical)
   device             the JAX device the program ran on
   malloc_keeps_freed_memory  whether `xla_options.keep_freed_memory` took effect (not with
                      `--malloc-defaults`)
@@ -148,17 +149,23 @@ def _peak_memory(compiled: Any) -> int | None:
 def _time_runs(
     run: Callable[[], Any], warmup: int, repeats: int
 ) -> tuple[list[float], float | None]:
-    """(wall seconds of each timed run, minor page faults per timed run or None)."""
+    """(wall seconds of each timed run, median minor page faults per timed run or None).
+
+    The median, not the mean: the heap can reach its high-water mark during a timed run
+    rather than the warm-up (~250k faults once for the x2 train step), which says nothing
+    about the runs after it.
+    """
     for _ in range(warmup):
         jax.block_until_ready(run())
-    times = []
-    faults = minor_page_faults()
+    times, faults = [], []
     for _ in range(repeats):
+        before = minor_page_faults()
         start = time.perf_counter()
         jax.block_until_ready(run())
         times.append(time.perf_counter() - start)
-    after = minor_page_faults()
-    per_run = None if faults is None or after is None else (after - faults) / repeats
+        after = minor_page_faults()
+        faults.append(None if before is None or after is None else after - before)
+    per_run = None if not faults or None in faults else float(np.median(faults))
     return times, per_run
 
 
