@@ -2,9 +2,16 @@
 
 `from maffsrn_jax import MAFFSRN, load_pretrained`. Both are imported on first use, so the
 data modules (`imresize`, `image_io`, `input_pipeline`) load without JAX, Flax or Orbax.
+
+Importing the package puts its XLA:CPU option in XLA_FLAGS unless the user decides
+otherwise (`xla_options.default_xla_flags`), so any jit of the model compiles the fast way.
 """
 
-__all__ = ["MAFFSRN", "count_params", "load_pretrained"]
+from maffsrn_jax import xla_options as _xla_options
+
+XLA_FLAGS_STATUS = _xla_options.default_xla_flags()
+
+__all__ = ["MAFFSRN", "XLA_FLAGS_STATUS", "count_params", "load_pretrained"]
 
 
 def __getattr__(name: str):

@@ -10,7 +10,14 @@ same run: the x2 train step went from 1.25x to 0.96x, x4 inference from 0.81x to
 (When other jobs hold the cores, the single-threaded kernels can win by a few percent.)
 
 Every jit and pmap of the package compiles with `compiler_options()`; other backends get
-none.
+none. So that a user's own `jax.jit(lambda v, x: model.apply(v, x))` is as fast,
+`default_xla_flags()` (run when `maffsrn_jax` is imported) also puts the option in XLA_FLAGS
+while it can still take effect, that is before JAX starts its CPU backend, which is when
+XLA reads XLA_FLAGS. It leaves XLA_FLAGS alone when the user's XLA_FLAGS already sets the
+option (their choice wins), when MAFFSRN_JAX_XLA_DEFAULTS=1 asks for XLA's defaults, when
+JAX's backends are already running (too late: the package's own jits still pass the option),
+and for jaxlib versions not known to have the flag (XLA aborts the process on an unknown
+flag in XLA_FLAGS). The option only concerns XLA:CPU; GPU programs are unaffected.
 
 `keep_freed_memory()` (called first by every command-line entry point) is the other half:
 XLA:CPU mallocs a program's temporaries afresh on each run, ~1 GB for the x2 train step,
@@ -23,17 +30,94 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 import sys
 from typing import Any
 
-import jax
-import jax.numpy as jnp
-
 CPU_OPTIONS: dict[str, Any] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+# The same option as an XLA_FLAGS entry, and the jaxlib versions [low, high) whose XLA is
+# known to define it (0.10 and 0.11: the versions the package is tested with).
+XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+_FLAG_KNOWN_JAXLIB = ((0, 10), (0, 12))
+OPT_OUT_ENV = "MAFFSRN_JAX_XLA_DEFAULTS"  # "1": leave XLA_FLAGS as the user has it
+# Set beside XLA_FLAGS when the package added the flag, so that child processes (which
+# inherit both) and `remove_default_xla_flags` can tell it from a user's own setting.
+_ADDED_ENV = "MAFFSRN_JAX_ADDED_XLA_FLAG"
+
+
+def _jaxlib_version() -> tuple[int, ...] | None:
+    from importlib import metadata
+
+    try:
+        text = metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return None
+    parts = []
+    for piece in text.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            return None
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def _backends_started() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # a JAX without it: assume the worst
+        return True
+
+
+def default_xla_flags() -> str:
+    """Adds the package's CPU option to XLA_FLAGS where that is safe; returns what it did.
+
+    'added' (now in XLA_FLAGS), 'inherited' (a parent process of the package added it),
+    'user' (XLA_FLAGS already sets the option: left as it is), 'opted-out'
+    (MAFFSRN_JAX_XLA_DEFAULTS=1), 'too-late' (JAX's backends already started) or
+    'unknown-jaxlib' (a version not known to define the flag). See the module docstring.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if os.environ.get(OPT_OUT_ENV, "") not in ("", "0"):
+        return "opted-out"
+    if XLA_FLAG.rstrip("=") in flags:
+        return "inherited" if os.environ.get(_ADDED_ENV) == XLA_FLAG else "user"
+    version = _jaxlib_version()
+    low, high = _FLAG_KNOWN_JAXLIB
+    if version is None or not low <= version < high:
+        return "unknown-jaxlib"
+    if _backends_started():
+        return "too-late"
+    os.environ["XLA_FLAGS"] = f"{flags} {XLA_FLAG}".strip()
+    os.environ[_ADDED_ENV] = XLA_FLAG
+    return "added"
+
+
+def remove_default_xla_flags() -> bool:
+    """Takes the flag that `default_xla_flags` added back out of XLA_FLAGS.
+
+    For runs that ask for XLA's own defaults (`--xla-defaults`). Returns True when XLA_FLAGS
+    no longer holds the package's flag and JAX's backends have not started yet, i.e. the
+    next backend compiles with XLA's defaults.
+    """
+    if _backends_started():  # XLA has read XLA_FLAGS; changing them now would only mislead
+        return False
+    if os.environ.get(_ADDED_ENV) == XLA_FLAG:
+        flags = os.environ.get("XLA_FLAGS", "").split()
+        os.environ["XLA_FLAGS"] = " ".join(f for f in flags if f != XLA_FLAG)
+        del os.environ[_ADDED_ENV]
+    return XLA_FLAG.rstrip("=") not in os.environ.get("XLA_FLAGS", "")
 
 
 @functools.cache
 def _cpu_supported() -> bool:
+    import jax
+    import jax.numpy as jnp
+
     # A jaxlib that no longer knows the option would fail every compile; check once.
     try:
         jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(jnp.float32(0)).compile()
@@ -45,6 +129,8 @@ def _cpu_supported() -> bool:
 
 def compiler_options() -> dict[str, Any] | None:
     """The options for JAX's default backend, or None where XLA's own are best."""
+    import jax
+
     if jax.default_backend() != "cpu" or not _cpu_supported():
         return None
     return dict(CPU_OPTIONS)

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from maffsrn_jax.errors import Error
+
 REPO = Path(__file__).resolve().parents[2]
 KINDS = ("startup", "steps", "checkpoint-write", "evaluation")
 CORRUPTIONS = ("truncate", "delete", "garbage", "no-commit-marker")
@@ -298,11 +300,9 @@ def metrics_lines(workdir: Path) -> list[tuple[int, str]]:
 def run(args: argparse.Namespace) -> int:
     """The `faults` subcommand."""
     if args.kills < 0:
-        print("error: --kills must be >= 0", file=sys.stderr)
-        return 2
+        raise Error("--kills must be >= 0")
     if not (REPO / "train.py").exists():
-        print(f"error: {REPO / 'train.py'}: not found (run from a checkout)", file=sys.stderr)
-        return 2
+        raise Error(f"{REPO / 'train.py'}: not found (run from a checkout)")
     steps = args.steps or 2 * args.kills + 6
     root = Path(args.keep or tempfile.mkdtemp(prefix="maffsrn-faults-"))
     root.mkdir(parents=True, exist_ok=True)

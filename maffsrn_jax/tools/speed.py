@@ -1,0 +1,703 @@
+"""Side-by-side speed of this JAX model, the PyTorch reference and ONNX Runtime.
+
+    python -m maffsrn_jax.speed                      # both benchmarks, table on stdout
+    python -m maffsrn_jax.speed --only inference --rounds 6 --steps 10 --json speed.json
+    python -m maffsrn_jax.speed --xla-defaults       # JAX without the package's XLA options
+    python -m maffsrn_jax.speed --torch-keeps-freed-memory   # PyTorch with JAX's malloc setting
+    python -m maffsrn_jax.speed --device gpu --inference-size 339x510 --torch-compile
+
+Benchmarks (the issue's settings):
+  inference   x4 MAFFSRN on one 256x256 LR image (the AIM 2020 setting); PyTorch in eval
+              mode under `torch.inference_mode()`, JAX jitted, ONNX Runtime on the same
+              model exported by `maffsrn_jax.export.export_onnx` (float32).
+  train       one x2 training step on a batch of 16 48x48 LR patches: forward, L1 loss,
+              backward and an AdamP update (PyTorch: `adamp.AdamP`; JAX: the project's
+              `train_lib` step with `optim.adamp`, state donated). Both read the same uint8
+              batch and convert it to [0, 1] floats inside the step. No ONNX side.
+
+Steady state, measured as users run each framework: every side lives in its own worker
+process (no shared thread pools or malloc state) and, when its turn comes, runs a plain loop
+of `--warmup` untimed and then `--steps` timed consecutive steps, with nothing between the
+steps but the clock. The sides take turns in rounds whose order reverses every round (A B,
+B A, A B, ...; A B C, C B A with three sides), so a drifting machine load hits every side
+alike. Reported per side: the median of the per-round medians (`<side>_ms`), their spread
+(`<side>_ms_range`, min-max of the round medians), the ratio of those medians JAX / other
+side and the median of the per-round ratios, and the minor page faults per step.
+
+The JAX worker starts like every entry point of the package, making glibc's malloc keep
+freed memory (`xla_options.keep_freed_memory`; `--malloc-defaults` skips that). The PyTorch
+and ONNX Runtime workers keep glibc's defaults, as their users run them, unless
+`--torch-keeps-freed-memory` (PyTorch only). All sides start from the same weights (the
+PyTorch model's initialisation, converted).
+
+Threads: PyTorch gets `torch.set_num_threads(os.cpu_count())` and ONNX Runtime as many
+intra-op threads, the size of XLA:CPU's own pool, so every side uses every core. Wall times,
+not CPU times, are compared.
+
+The ONNX Runtime side needs `onnxruntime` and `maffsrn_jax.export`; without either it is
+skipped with a one-line note (`onnxruntime_skipped`), and `--no-onnx` skips it on purpose.
+If exporting or loading fails, the error is reported (`onnxruntime_error`) and the other
+sides still run.
+
+Older flags: `--repeats N` is read as `--rounds N`; `--pause S` sleeps S seconds before each
+round (never between timed steps; 0 by default).
+
+GPU (`--device gpu`): the frameworks run on the first CUDA device, and every timed step ends
+when the device has finished (`block_until_ready`, `torch.cuda.synchronize`). PyTorch runs
+with `torch.backends.cudnn.benchmark = True` (the fastest cuDNN algorithm for the fixed
+shapes) and its default TF32 setting for convolutions, as JAX uses TF32 for float32
+convolutions on such GPUs by default; `agreement` shows what that costs. ONNX Runtime uses
+its CUDA execution provider. `--inference-size` sets the LR size of the inference benchmark
+(339x510 is a DIV2K validation image at x4: 2040x1356 HR). `--torch-compile` adds a side,
+PyTorch with the model under `torch.compile` (the AdamP update stays eager, as `adamp` is
+written), timed in the same rotation; if compiling fails there, its error is reported and
+the other sides still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from maffsrn_jax.errors import first_line
+from maffsrn_jax.tools.common import (
+    TRAIN_LEARNING_RATE,
+    ArgumentError,
+    OneLineParser,
+    ProfileError,
+    add_runtime_arguments,
+    check_lr_size,
+    minor_page_faults,
+    parse_size,
+    parse_xla_options,
+    random_batch,
+    setup_malloc,
+    write_text_atomic,
+)
+
+BENCHMARKS = ("inference", "train")
+SIDES = ("jax", "torch")  # the optional sides, "onnxruntime" and "torch_compile", follow
+OPTIONAL_SIDES = ("onnxruntime", "torch_compile")
+DEVICES = ("cpu", "gpu")
+INFERENCE = {"scale": 4, "n_ffgs": 4, "batch": 1, "size": (256, 256)}
+TRAIN = {"scale": 2, "n_ffgs": 4, "batch": 16, "size": (48, 48)}
+
+Options = dict[str, Any] | None
+
+
+class SpeedError(ValueError):
+    """A bad flag or a failed worker (reported as one line, exit status 2)."""
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:  # torch is an optional dependency of the package
+        raise SpeedError("the PyTorch side needs torch (and adamp): pip install torch adamp") from e
+    return torch
+
+
+def initial_weights(setting: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """The PyTorch model's initialisation for `setting`, as an official state_dict of arrays."""
+    torch = _torch()
+    from maffsrn_jax import torch_model
+
+    torch.manual_seed(seed)
+    net = torch_model.MAFFSRN(setting["scale"], n_ffgs=setting["n_ffgs"])
+    return {k: v.numpy() for k, v in net.state_dict().items()}
+
+
+class Job(NamedTuple):
+    """What a worker builds: one benchmark, on one device, from the same weights."""
+
+    name: str  # 'inference' or 'train'
+    setting: dict[str, Any]  # scale, n_ffgs, batch, size (LR H, W)
+    weights: dict[str, np.ndarray]  # an official state_dict
+    seed: int
+    options: Options  # XLA compiler options for JAX (None: the package's)
+    overrides: dict[str, Any]  # added to them
+    device: str  # 'cpu' or 'gpu'
+
+
+def _jax_run(job: Job):
+    """(run, first output, environment) of the JAX side, in the JAX worker."""
+    import jax
+
+    name, setting, weights, seed, options, overrides, device = job
+
+    from maffsrn_jax import xla_options
+
+    if options == {}:  # XLA's defaults: without the flag the package put in XLA_FLAGS
+        xla_options.remove_default_xla_flags()
+    # Before JAX starts a backend: the worker is a fresh process, so this picks its platform.
+    jax.config.update("jax_platforms", "cuda" if device == "gpu" else "cpu")
+    try:
+        jax.devices()
+    except Exception as e:  # a RuntimeError, or an AssertionError where no plugin is installed
+        raise SpeedError(
+            f"--device {device}: JAX cannot start that backend ({first_line(e)})"
+        ) from e
+
+    from maffsrn_jax import convert
+    from maffsrn_jax.tools.common import describe_device, make_train_step
+
+    model, variables = convert.torch_to_flax(weights)
+    options = {**xla_options.resolve(options), **overrides}
+    env = {
+        "jax": jax.__version__,
+        "device": describe_device(),
+        "jax_dtype": "float32",  # the benchmarks' compute dtype
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision or "default",
+        "xla_compiler_options": options,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    b, (h, w) = setting["batch"], setting["size"]
+    if name == "inference":
+        x = jax.device_put(np.random.default_rng(seed).random((b, h, w, 3), dtype=np.float32))
+        variables = jax.device_put(variables)
+        forward = jax.jit(model.apply, compiler_options=options)
+
+        def run():
+            return forward(variables, x).block_until_ready()
+
+        return run, np.asarray(run()), env
+
+    init_state, step = make_train_step(model)
+    holder = {"state": jax.jit(init_state)(jax.device_put(variables["params"]))}
+    batch = jax.device_put(random_batch(b, (h, w), setting["scale"], seed))
+    jitted = jax.jit(step, donate_argnums=0, compiler_options=options)
+
+    def run():
+        holder["state"], metrics = jitted(holder["state"], batch)
+        return jax.block_until_ready(metrics)["loss"]
+
+    return run, float(run()), env
+
+
+def _torch_run(job: Job, compiled: bool):
+    """(run, first output, environment) of a PyTorch side (`compiled`: under torch.compile)."""
+    name, setting, weights, seed, device = job.name, job.setting, job.weights, job.seed, job.device
+    torch = _torch()
+    from maffsrn_jax import torch_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    env = {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if device == "gpu":
+        if not torch.cuda.is_available():
+            raise SpeedError("--device gpu: PyTorch sees no CUDA device")
+        dev = torch.device("cuda")
+        torch.backends.cudnn.benchmark = True
+        env.update(
+            torch_device=torch.cuda.get_device_name(dev),
+            torch_cudnn_benchmark=True,
+            torch_cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+        )
+
+        def finish(value):
+            torch.cuda.synchronize(dev)
+            return value
+    else:
+        dev = torch.device("cpu")
+
+        def finish(value):
+            return value
+
+    net = torch_model.MAFFSRN(setting["scale"], n_ffgs=setting["n_ffgs"])
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    net.to(dev)
+    forward = torch.compile(net) if compiled else net
+    if compiled:
+        env["torch_compile"] = "torch.compile(model), default mode"
+    b, (h, w) = setting["batch"], setting["size"]
+    if name == "inference":
+        x = np.random.default_rng(seed).random((b, h, w, 3), dtype=np.float32)
+        x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(dev)
+        net.eval()
+
+        def run():
+            with torch.inference_mode():
+                return finish(forward(x))
+
+        return run, run().permute(0, 2, 3, 1).cpu().numpy(), env
+
+    try:
+        from adamp import AdamP
+    except ImportError as e:
+        raise SpeedError("the PyTorch side needs adamp: pip install adamp") from e
+    net.train()
+    optimizer = AdamP(net.parameters(), lr=TRAIN_LEARNING_RATE, betas=(0.9, 0.999), eps=1e-8)
+    batch = random_batch(b, (h, w), setting["scale"], seed)
+    lr_u8 = torch.from_numpy(batch["lr"]).permute(0, 3, 1, 2).contiguous().to(dev)
+    hr_u8 = torch.from_numpy(batch["hr"]).permute(0, 3, 1, 2).contiguous().to(dev)
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        sr = forward(lr_u8.float() / 255.0)
+        loss = (sr - hr_u8.float() / 255.0).abs().mean()
+        loss.backward()
+        optimizer.step()
+        return finish(loss.detach())
+
+    return run, float(run()), env
+
+
+def onnx_side_missing() -> str | None:
+    """Why the ONNX Runtime side cannot run here (one line), or None when it can."""
+    for module, what in (
+        ("onnxruntime", "onnxruntime is not installed (pip install onnxruntime)"),
+        ("maffsrn_jax.export", "maffsrn_jax.export (the ONNX exporter) is not available"),
+    ):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return what
+    return None
+
+
+def _onnx_run(job: Job):
+    """(run, first output, environment) of the ONNX Runtime side (inference only)."""
+    if job.name != "inference":
+        raise SpeedError("the ONNX Runtime side runs inference only")
+    import onnxruntime as ort
+
+    from maffsrn_jax import convert
+    from maffsrn_jax.export import export_onnx
+
+    model, variables = convert.torch_to_flax(job.weights)
+    b, (h, w) = job.setting["batch"], job.setting["size"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "maffsrn.onnx")
+        export_onnx(model, variables, path, precision="float32")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        providers = ["CUDAExecutionProvider"] if job.device == "gpu" else ["CPUExecutionProvider"]
+        if job.device == "gpu" and providers[0] not in ort.get_available_providers():
+            raise SpeedError("--device gpu: onnxruntime has no CUDA execution provider")
+        session = ort.InferenceSession(path, options, providers=providers)
+    feed = session.get_inputs()[0]
+    # The exporter's layout is read off the graph: NHWC like the Flax model, or NCHW.
+    nchw = len(feed.shape) == 4 and feed.shape[1] == 3 and feed.shape[-1] != 3
+    x = np.random.default_rng(job.seed).random((b, h, w, 3), dtype=np.float32)
+    if nchw:
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    env = {
+        "onnxruntime": ort.__version__,
+        "onnxruntime_threads": options.intra_op_num_threads,
+        "onnxruntime_input_layout": "NCHW" if nchw else "NHWC",
+    }
+
+    def run():
+        return session.run(None, {feed.name: x})[0]
+
+    first = run()
+    return run, (first.transpose(0, 2, 3, 1) if nchw else first), env
+
+
+def time_steps(
+    run: Callable[[], Any],
+    steps: int,
+    warmup: int,
+    clock: Callable[[], float] = time.perf_counter,
+    page_faults: Callable[[], int | None] = minor_page_faults,
+) -> tuple[list[float], float | None]:
+    """One side's turn: `warmup` untimed then `steps` timed consecutive runs of `run`.
+
+    Returns (milliseconds of each timed step, minor page faults per timed step or None).
+    The steps follow each other with nothing but the clock between them, as in a user's
+    loop; each step's time runs from the end of the previous one.
+    """
+    for _ in range(warmup):
+        run()
+    faults_before = page_faults()
+    times = []
+    start = clock()
+    for _ in range(steps):
+        run()
+        end = clock()
+        times.append((end - start) * 1e3)
+        start = end
+    faults_after = page_faults()
+    if faults_before is None or faults_after is None:
+        return times, None
+    return times, (faults_after - faults_before) / steps
+
+
+
+def _serve(conn, side: str, keep_freed: bool, job: Job) -> None:
+    """A worker process: build one side's run, then time a turn on every 'round' message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # First, before any framework starts threads (see xla_options.keep_freed_memory).
+    kept = setup_malloc(malloc_defaults=not keep_freed)
+    try:
+        if side == "jax":
+            run, first, env = _jax_run(job)
+        elif side == "onnxruntime":
+            run, first, env = _onnx_run(job)
+        else:
+            run, first, env = _torch_run(job, compiled=side == "torch_compile")
+        conn.send(("ready", first, {**env, f"{side}_malloc_keeps_freed_memory": kept}))
+        while (message := conn.recv())[0] == "round":
+            _, steps, warmup = message
+            conn.send(("done", *time_steps(run, steps, warmup)))
+    except Exception as e:  # reported by the parent as one line
+        name, line = type(e).__name__, first_line(e)
+        detail = name if line == name else f"{name}: {line}"
+        conn.send(("error", f"{side} worker: {detail}", None))
+    finally:
+        conn.close()
+
+
+class Worker:
+    """One framework's side of a benchmark, in a fresh (spawned) process."""
+
+    def __init__(self, side: str, keep_freed: bool, job: Job):
+        ctx = multiprocessing.get_context("spawn")  # fresh malloc state, no forked JAX
+        self.side = side
+        self.page_faults: list[float | None] = []  # minor page faults per step, each round
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=_serve, args=(child, side, keep_freed, job))
+        self._process.start()
+        child.close()
+        status, self.first, self.env = self._receive()
+        if status != "ready":
+            self.close()
+            raise SpeedError(self.first)
+
+    def _receive(self) -> Any:
+        # The parent holds a copy of the child's pipe end until the child is reaped, so a
+        # dead worker shows as a dead process, not as end-of-file.
+        while not self._conn.poll(1.0):
+            if not self._process.is_alive():
+                code = self._process.exitcode
+                raise SpeedError(f"the {self.side} worker died (exit code {code})")
+        try:
+            return self._conn.recv()
+        except EOFError:
+            raise SpeedError(f"the {self.side} worker died") from None
+
+    def __call__(self, steps: int, warmup: int) -> list[float]:
+        """One turn: the milliseconds of `steps` consecutive steps after `warmup` untimed."""
+        self._conn.send(("round", steps, warmup))
+        reply = self._receive()
+        if reply[0] != "done":  # ("error", one-line message, None)
+            raise SpeedError(reply[1])
+        self.page_faults.append(reply[2])
+        return reply[1]
+
+    def close(self) -> None:
+        try:
+            self._conn.send(("stop",))
+        except (BrokenPipeError, OSError):
+            pass
+        self._process.join(timeout=30)
+        if self._process.is_alive():
+            self._process.kill()
+        self._conn.close()
+
+
+def _median(xs: Sequence[float]) -> float:
+    return float(np.median(np.asarray(xs)))
+
+
+def _median_or_none(xs: list[float | None]) -> int | None:
+    return None if not xs or None in xs else round(_median(xs))
+
+
+def ratio_key(kind: str, side: str) -> str:
+    """JSON key of JAX's `kind` ('ratio' or 'ratio_of_pairs') against `side`: the plain
+    name against eager PyTorch (the original schema), `<kind>_vs_<side>` against others."""
+    return kind if side == "torch" else f"{kind}_vs_{side}"
+
+
+def round_order(sides: Sequence[str], rounds: int) -> list[list[str]]:
+    """The order of the sides' turns in each round: A B, B A, A B, ... (reversed every round)."""
+    forward = list(sides)
+    return [forward if r % 2 == 0 else forward[::-1] for r in range(rounds)]
+
+
+def alternate(
+    turns: dict[str, Callable[[int, int], list[float]]],
+    rounds: int,
+    steps: int,
+    warmup: int = 1,
+    pause: float = 0.0,
+) -> dict[str, Any]:
+    """Times `turns` {'jax': ..., 'torch': ...[, others]} in rounds (see `round_order`).
+
+    `turns[side](steps, warmup)` runs one side's turn and returns its `steps` step times
+    (ms). Per side: the median of the per-round medians and their min-max; ratios are JAX
+    over each other side, as the ratio of those medians and as the median of the per-round
+    ratios. `pause` seconds of sleep come before each round, never between steps.
+    """
+    round_medians: dict[str, list[float]] = {side: [] for side in turns}
+    all_ms: dict[str, list[float]] = {side: [] for side in turns}
+    for order in round_order(list(turns), rounds):
+        if pause:
+            time.sleep(pause)
+        for side in order:
+            times = turns[side](steps, warmup)
+            round_medians[side].append(_median(times))
+            all_ms[side].extend(times)
+    result: dict[str, Any] = {}
+    for side, ms in round_medians.items():
+        result[f"{side}_ms"] = round(_median(ms), 2)
+        result[f"{side}_ms_range"] = [round(min(ms), 2), round(max(ms), 2)]
+    for side in list(turns)[1:]:
+        pairs = [j / t for j, t in zip(round_medians["jax"], round_medians[side], strict=True)]
+        result[ratio_key("ratio", side)] = round(
+            _median(round_medians["jax"]) / _median(round_medians[side]), 3
+        )
+        result[ratio_key("ratio_of_pairs", side)] = round(_median(pairs), 3)
+    result.update(rounds=rounds, steps_per_round=steps, warmup_per_round=warmup)
+    result["repeats"] = rounds  # the key's old readers: one value per side per round
+    for side in turns:
+        result[f"{side}_round_ms"] = [round(t, 2) for t in round_medians[side]]
+        result[f"{side}_all_ms"] = [round(t, 2) for t in all_ms[side]]
+    return result
+
+
+def run_benchmarks(
+    only: tuple[str, ...] = BENCHMARKS,
+    rounds: int = 4,
+    warmup: int = 1,
+    pause: float = 0.0,
+    compiler_options: Options = None,
+    xla_overrides: dict[str, Any] | None = None,
+    jax_keeps_freed_memory: bool = True,
+    torch_keeps_freed_memory: bool = False,
+    settings: dict[str, dict[str, Any]] | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    torch_compile: bool = False,
+    *,
+    steps: int = 5,
+    onnx: bool = True,
+    repeats: int | None = None,
+) -> dict[str, Any]:
+    """Runs the selected benchmarks; returns {name: timings + setting, ..., 'environment'}.
+
+    Each side runs in its own worker process and takes `rounds` turns of `warmup` untimed
+    and `steps` timed consecutive steps (see the module docstring; `repeats`, the older
+    name, sets `rounds`). `compiler_options` go to XLA for the JAX programs: None means the
+    package's own (`xla_options.compiler_options()`), {} XLA's defaults; `xla_overrides`
+    (as from `common.parse_xla_options`) are added to them. The JAX worker resolves both, so
+    this process never starts a JAX client. `settings` replaces the issue's settings
+    ({'inference': INFERENCE, 'train': TRAIN}) per benchmark. `device` is 'cpu' or 'gpu'.
+    `onnx` adds the side 'onnxruntime' to inference where it can run (else the reason is
+    `onnxruntime_skipped`); `torch_compile` adds 'torch_compile'. A failure to build an
+    optional side is recorded as `<side>_error` instead of its timings.
+    """
+    if device not in DEVICES:
+        raise SpeedError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
+    rounds = rounds if repeats is None else repeats
+    if rounds < 1 or steps < 1 or warmup < 0 or pause < 0:
+        raise SpeedError("rounds and steps must be >= 1, warmup and pause >= 0")
+    settings = {"inference": INFERENCE, "train": TRAIN, **(settings or {})}
+    results: dict[str, Any] = {}
+    environment: dict[str, Any] = {"cpu_count": os.cpu_count(), "pause_s": pause}
+    for name in only:
+        setting = settings[name]
+        sides = list(SIDES)
+        notes: dict[str, str] = {}
+        if onnx and name == "inference":
+            missing = onnx_side_missing()
+            if missing is None:
+                sides.append("onnxruntime")
+            else:
+                notes["onnxruntime_skipped"] = missing
+        if torch_compile:
+            sides.append("torch_compile")
+        weights = initial_weights(setting, seed)
+        job = Job(name, setting, weights, seed, compiler_options, dict(xla_overrides or {}), device)
+        workers: dict[str, Worker] = {}
+        try:
+            for side in sides:  # one at a time: compiling is not what is timed
+                try:
+                    keep = jax_keeps_freed_memory if side == "jax" else torch_keeps_freed_memory
+                    workers[side] = Worker(side, keep and side != "onnxruntime", job)
+                except SpeedError as e:
+                    if side not in OPTIONAL_SIDES:
+                        raise
+                    notes[f"{side}_error"] = str(e)
+            result = alternate(dict(workers), rounds, steps, warmup, pause)
+        finally:
+            for worker in workers.values():
+                worker.close()
+        first = {side: np.asarray(w.first) for side, w in workers.items()}
+        extra: dict[str, Any] = {
+            f"{side}_page_faults_per_run": _median_or_none(w.page_faults)
+            for side, w in workers.items()
+        }
+        for side in OPTIONAL_SIDES:
+            if side in first:
+                extra[f"agreement_{side}"] = float(np.abs(first["jax"] - first[side]).max())
+        if name == "train":
+            for side in workers:
+                extra[f"{side}_steps_per_s"] = round(1e3 / result[f"{side}_ms"], 2)
+        results[name] = {
+            "setting": {**setting, "size": list(setting["size"])},
+            "agreement": float(np.abs(first["jax"] - first["torch"]).max()),
+            **result,
+            **extra,
+            **notes,
+        }
+        for worker in workers.values():
+            environment.update(worker.env)
+    results["environment"] = environment
+    return results
+
+
+_LABELS = {
+    "jax": "JAX",
+    "torch": "PyTorch",
+    "onnxruntime": "ONNX Runtime",
+    "torch_compile": "torch.compile",
+}
+
+
+def _ms(value: float) -> str:
+    # Three significant digits for GPU-scale times, whole milliseconds for CPU-scale ones.
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
+def format_table(results: dict[str, Any]) -> str:
+    benchmarks = [name for name in BENCHMARKS if name in results]
+    sides = [s for s in _LABELS if any(f"{s}_ms" in results[n] for n in benchmarks)]
+    others = sides[1:]
+    header = ["benchmark", "setting"] + [f"{_LABELS[s]} ms (round medians min-max)" for s in sides]
+    header += [f"JAX/{_LABELS[s]}" for s in others]
+    header += [f"median pair ratio vs {_LABELS[s]}" for s in others]
+    header += ["page faults per step " + " / ".join(_LABELS[s] for s in sides)]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    notes = []
+    for name in benchmarks:
+        r = results[name]
+        s = r["setting"]
+        cells = [name, f"x{s['scale']}, {s['batch']}x{s['size'][0]}x{s['size'][1]} LR"]
+        for side in sides:
+            if f"{side}_ms" not in r:
+                cells.append("-")
+                continue
+            lo, hi = r[f"{side}_ms_range"]
+            cells.append(f"{_ms(r[f'{side}_ms'])} ({_ms(lo)}-{_ms(hi)})")
+        for key in ("ratio", "ratio_of_pairs"):
+            for side in others:
+                value = r.get(ratio_key(key, side))
+                cells.append("-" if value is None else f"{value:.2f}x")
+        cells.append(" / ".join(str(r.get(f"{side}_page_faults_per_run", "-")) for side in sides))
+        rows.append("| " + " | ".join(cells) + " |")
+        if name == "train":
+            notes.append(
+                "train steps/s: "
+                + ", ".join(
+                    f"{_LABELS[s]} {r[f'{s}_steps_per_s']:.1f}"
+                    for s in sides
+                    if f"{s}_steps_per_s" in r
+                )
+            )
+        for side in OPTIONAL_SIDES:
+            if f"{side}_error" in r:
+                notes.append(f"{name}: {_LABELS[side]} failed: {r[f'{side}_error']}")
+        if "onnxruntime_skipped" in r:
+            notes.append(f"{name}: ONNX Runtime skipped: {r['onnxruntime_skipped']}")
+    env = results["environment"]
+    first = results[benchmarks[0]]
+    rows.extend(notes)
+    rows.append(
+        f"\n{env['device']}, torch threads {env['torch_threads']}, "
+        f"jax {env['jax']}, torch {env['torch']}, {first['rounds']} alternating rounds of "
+        f"{first['warmup_per_round']} untimed + {first['steps_per_round']} timed steps, "
+        f"{env['pause_s']} s pause"
+        + (f", XLA options {env['xla_compiler_options']}" if env["xla_compiler_options"] else "")
+        + "; malloc keeps freed memory: "
+        + ", ".join(
+            f"{label} {'yes' if env.get(f'{side}_malloc_keeps_freed_memory') else 'no'}"
+            for side, label in (("jax", "JAX"), ("torch", "PyTorch"))
+        )
+    )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = OneLineParser(
+        prog="python -m maffsrn_jax.speed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--only", choices=BENCHMARKS, default=None, help="run one benchmark")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="turns per side, in alternating order (default 4)")
+    p.add_argument("--steps", type=int, default=5, help="timed consecutive steps per turn")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of a turn")
+    p.add_argument("--repeats", type=int, default=None, help="the older name of --rounds")
+    p.add_argument("--pause", type=float, default=0.0,
+                   help="seconds of sleep before each round (never between steps)")
+    p.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime side")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
+    p.add_argument("--torch-keeps-freed-memory", action="store_true",
+                   help="give the PyTorch worker the JAX worker's malloc setting")
+    p.add_argument("--device", choices=DEVICES, default="cpu",
+                   help="where both frameworks run (gpu: the first CUDA device)")
+    p.add_argument("--inference-size", default=None, metavar="HxW",
+                   help="LR size of the inference benchmark (default 256x256)")
+    p.add_argument("--torch-compile", action="store_true",
+                   help="also time PyTorch with torch.compile(model), in a third worker")
+    add_runtime_arguments(p)
+    try:
+        args = p.parse_args(argv)
+        if args.rounds is not None and args.repeats is not None and args.rounds != args.repeats:
+            raise SpeedError("--repeats is the older name of --rounds: give one")
+        rounds = args.rounds if args.rounds is not None else args.repeats
+        rounds = 4 if rounds is None else rounds
+        if rounds < 1 or args.steps < 1 or args.warmup < 0 or args.pause < 0:
+            raise SpeedError("--rounds/--repeats and --steps must be >= 1, --warmup and "
+                             "--pause >= 0")
+        settings = {}
+        if args.inference_size:
+            size = parse_size(args.inference_size, "--inference-size")
+            check_lr_size(size, "--inference-size")
+            settings["inference"] = {**INFERENCE, "size": size}
+        only = (args.only,) if args.only else BENCHMARKS
+        results = run_benchmarks(
+            only,
+            rounds,
+            args.warmup,
+            args.pause,
+            {} if args.xla_defaults else None,
+            xla_overrides=parse_xla_options(args.xla_option),
+            jax_keeps_freed_memory=not args.malloc_defaults,
+            torch_keeps_freed_memory=args.torch_keeps_freed_memory,
+            settings=settings,
+            device=args.device,
+            torch_compile=args.torch_compile,
+            steps=args.steps,
+            onnx=not args.no_onnx,
+        )
+    except (ArgumentError, SpeedError, ProfileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (workers stopped, nothing written)", file=sys.stderr)
+        return 130
+    print(format_table(results))
+    if args.json:
+        write_text_atomic(Path(args.json), json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
