@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from maffsrn_jax import xla_options
+from maffsrn_jax.errors import Error
+from maffsrn_jax.files import write_atomic
 from maffsrn_jax.models import MIN_INPUT_SIZE
 
 TRAIN_LEARNING_RATE = 2e-4  # the paper's; the value does not change the cost of a step
@@ -38,11 +39,11 @@ __all__ = [
 ]
 
 
-class ProfileError(ValueError):
+class ProfileError(Error):
     """A bad flag, size or model description (reported as one line, exit status 2)."""
 
 
-class ArgumentError(Exception):
+class ArgumentError(Error):
     """A flag argparse rejected (reported as one line, exit status 2)."""
 
 
@@ -109,16 +110,9 @@ def describe_device() -> str:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file, so readers never see half of it."""
+    """Writes `text` to `path` (its folder made if need be) atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, text)
 
 
 # --- flags ----------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from maffsrn_jax import train_lib, xla_options
-from maffsrn_jax.errors import first_line
+from maffsrn_jax.errors import first_line, run_cli
 from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE, count_params
 from maffsrn_jax.tools.common import (
     TRAIN_LEARNING_RATE,
@@ -602,7 +602,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
+
+    def body() -> None:
         args = parser.parse_args(argv)
         kept = setup_malloc(args.malloc_defaults)
         if args.xla_defaults:  # before any JAX backend starts and reads XLA_FLAGS
@@ -617,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_format_protocol(report))
             if args.json:
                 write_text_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
-            return 0
+            return
         model, params = _build_model(args)
         shape = _input_shape(args, model.scale)
         report = profile_model(
@@ -632,13 +633,11 @@ def main(argv: list[str] | None = None) -> int:
             compiler_options=resolve_options(args.xla_option, args.xla_defaults),
         )
         report["malloc_keeps_freed_memory"] = kept
-    except (ArgumentError, ProfileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(_format(report))
-    if args.json:
-        write_text_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
-    return 0
+        print(_format(report))
+        if args.json:
+            write_text_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -71,12 +71,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from maffsrn_jax.errors import first_line
+from maffsrn_jax.errors import Error, first_line, run_cli
 from maffsrn_jax.tools.common import (
     TRAIN_LEARNING_RATE,
-    ArgumentError,
     OneLineParser,
-    ProfileError,
     add_runtime_arguments,
     check_lr_size,
     minor_page_faults,
@@ -97,7 +95,7 @@ TRAIN = {"scale": 2, "n_ffgs": 4, "batch": 16, "size": (48, 48)}
 Options = dict[str, Any] | None
 
 
-class SpeedError(ValueError):
+class SpeedError(Error):
     """A bad flag or a failed worker (reported as one line, exit status 2)."""
 
 
@@ -657,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--torch-compile", action="store_true",
                    help="also time PyTorch with torch.compile(model), in a third worker")
     add_runtime_arguments(p)
-    try:
+
+    def body() -> None:
         args = p.parse_args(argv)
         if args.rounds is not None and args.repeats is not None and args.rounds != args.repeats:
             raise SpeedError("--repeats is the older name of --rounds: give one")
@@ -687,16 +686,11 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps,
             onnx=not args.no_onnx,
         )
-    except (ArgumentError, SpeedError, ProfileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (workers stopped, nothing written)", file=sys.stderr)
-        return 130
-    print(format_table(results))
-    if args.json:
-        write_text_atomic(Path(args.json), json.dumps(results, indent=2) + "\n")
-    return 0
+        print(format_table(results))
+        if args.json:
+            write_text_atomic(Path(args.json), json.dumps(results, indent=2) + "\n")
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":
