@@ -107,15 +107,7 @@ class Conv(nn.Module):
         ):
             y = _depthwise(parts[0].astype(self.dtype), kernel, pad, self.dilation)
         else:
-            y = jax.lax.conv_general_dilated(
-                parts[0].astype(self.dtype),
-                kernel,
-                window_strides=(self.stride, self.stride),
-                padding=((pad, pad), (pad, pad)),
-                rhs_dilation=(self.dilation, self.dilation),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                feature_group_count=self.groups,
-            )
+            y = self._xla_conv(parts[0].astype(self.dtype), kernel, pad)
         if self.portable:
             return y + bias.astype(self.dtype)
         return _add_bias(y, bias.astype(self.dtype))
@@ -134,6 +126,10 @@ class Conv(nn.Module):
             g = len(parts)
             perm = np.concatenate([np.arange(i, kernel.shape[2], g) for i in range(g)])
             kernel = jnp.take(kernel, perm, axis=2)
+        return self._xla_conv(x, kernel, pad)
+
+    def _xla_conv(self, x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
+        """This layer as XLA's own convolution: [N, H, W, C_in] -> [N, H', W', features]."""
         return jax.lax.conv_general_dilated(
             x,
             kernel,

@@ -1,9 +1,4 @@
-"""`python -m maffsrn_jax.profile`: the command lives in `maffsrn_jax.tools.profile`.
-
-Importing this module gives that module itself (every name, private ones included, and
-monkeypatching reaches the code that runs), so code written against the old path keeps
-working.
-"""
+"""`python -m maffsrn_jax.profile`, and its names: this module is `maffsrn_jax.tools.profile`."""
 
 import sys
 

@@ -1,9 +1,4 @@
-"""`python -m maffsrn_jax.speed`: the command lives in `maffsrn_jax.tools.speed`.
-
-Importing this module gives that module itself (every name, private ones included, and
-monkeypatching reaches the code that runs), so code written against the old path keeps
-working.
-"""
+"""`python -m maffsrn_jax.speed`, and its names: this module is `maffsrn_jax.tools.speed`."""
 
 import sys
 
