@@ -378,12 +378,14 @@ def test_speed_runs_each_framework_in_its_own_worker():
     r = results["inference"]
     assert r["agreement"] < 1e-4  # the same weights and input on both sides
     assert len(r["jax_all_ms"]) == len(r["torch_all_ms"]) == 2 and r["rounds"] == 1
-    # ONNX Runtime ran (and agrees), or the table says in one line why it did not.
-    if "onnxruntime_ms" in r:
-        assert r["agreement_onnxruntime"] < 1e-4
-    else:
-        reason = r.get("onnxruntime_skipped") or r["onnxruntime_error"]
-        assert reason in speed.format_table(results) and "\n" not in reason
+    # ONNX Runtime and LiteRT ran (and agree), or the table says in one line why not.
+    for side in ("onnxruntime", "litert"):
+        if f"{side}_ms" in r:
+            assert r[f"agreement_{side}"] < 1e-4
+            assert len(r[f"{side}_all_ms"]) == 2
+        else:
+            reason = r.get(f"{side}_skipped") or r[f"{side}_error"]
+            assert reason in speed.format_table(results) and "\n" not in reason
     env = results["environment"]
     assert env["jax_malloc_keeps_freed_memory"] is sys.platform.startswith("linux")
     assert env["torch_malloc_keeps_freed_memory"] is False  # glibc's defaults, as torch runs
@@ -411,7 +413,7 @@ def test_a_failing_torch_compile_is_reported_and_the_others_still_run(monkeypatc
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     results = speed.run_benchmarks(
         only=("inference",), repeats=1, warmup=0, pause=0, settings={"inference": TINY_SETTING},
-        torch_compile=True, steps=1, onnx=False,
+        torch_compile=True, steps=1, onnx=False, litert=False,
     )
     r = results["inference"]
     assert r["torch_compile_error"].startswith("torch_compile worker: ")
@@ -419,6 +421,7 @@ def test_a_failing_torch_compile_is_reported_and_the_others_still_run(monkeypatc
     assert len(r["jax_all_ms"]) == len(r["torch_all_ms"]) == 1 and "torch_compile_ms" not in r
     assert "inference: torch.compile failed: " in speed.format_table(results)
     assert "onnxruntime_skipped" not in r  # --no-onnx: left out, not skipped
+    assert "litert_skipped" not in r and "litert_ms" not in r
 
 
 def test_speed_worker_errors_become_one_line():

@@ -1,4 +1,4 @@
-"""Side-by-side speed of this JAX model, the PyTorch reference and ONNX Runtime.
+"""Side-by-side speed of this JAX model, the PyTorch reference, ONNX Runtime and LiteRT.
 
     python -m maffsrn_jax.speed                      # both benchmarks, table on stdout
     python -m maffsrn_jax.speed --only inference --rounds 6 --steps 10 --json speed.json
@@ -8,12 +8,13 @@
 
 Benchmarks (the issue's settings):
   inference   x4 MAFFSRN on one 256x256 LR image (the AIM 2020 setting); PyTorch in eval
-              mode under `torch.inference_mode()`, JAX jitted, ONNX Runtime on the same
-              model exported by `maffsrn_jax.export.export_onnx` (float32).
+              mode under `torch.inference_mode()`, JAX jitted, ONNX Runtime and LiteRT on
+              the same model exported by `maffsrn_jax.export` (float32; TFLite at the
+              benchmark's fixed size).
   train       one x2 training step on a batch of 16 48x48 LR patches: forward, L1 loss,
               backward and an AdamP update (PyTorch: `adamp.AdamP`; JAX: the project's
               `train_lib` step with `optim.adamp`, state donated). Both read the same uint8
-              batch and convert it to [0, 1] floats inside the step. No ONNX side.
+              batch and convert it to [0, 1] floats inside the step. No exported-model sides.
 
 Steady state, measured as users run each framework: every side lives in its own worker
 process (no shared thread pools or malloc state) and, when its turn comes, runs a plain loop
@@ -25,19 +26,19 @@ alike. Reported per side: the median of the per-round medians (`<side>_ms`), the
 side and the median of the per-round ratios, and the minor page faults per step.
 
 The JAX worker starts like every entry point of the package, making glibc's malloc keep
-freed memory (`xla_options.keep_freed_memory`; `--malloc-defaults` skips that). The PyTorch
-and ONNX Runtime workers keep glibc's defaults, as their users run them, unless
+freed memory (`xla_options.keep_freed_memory`; `--malloc-defaults` skips that). The PyTorch,
+ONNX Runtime and LiteRT workers keep glibc's defaults, as their users run them, unless
 `--torch-keeps-freed-memory` (PyTorch only). All sides start from the same weights (the
 PyTorch model's initialisation, converted).
 
-Threads: PyTorch gets `torch.set_num_threads(os.cpu_count())` and ONNX Runtime as many
-intra-op threads, the size of XLA:CPU's own pool, so every side uses every core. Wall times,
-not CPU times, are compared.
+Threads: PyTorch gets `torch.set_num_threads(os.cpu_count())`, ONNX Runtime as many
+intra-op threads and LiteRT's interpreter as many threads, the size of XLA:CPU's own pool,
+so every side uses every core. Wall times, not CPU times, are compared.
 
-The ONNX Runtime side needs `onnxruntime` and `maffsrn_jax.export`; without either it is
-skipped with a one-line note (`onnxruntime_skipped`), and `--no-onnx` skips it on purpose.
-If exporting or loading fails, the error is reported (`onnxruntime_error`) and the other
-sides still run.
+The ONNX Runtime side needs `onnxruntime` and torch (the exporter), the LiteRT side
+`ai-edge-litert` and tensorflow; without them a side is skipped with a one-line note
+(`<side>_skipped`), and `--no-onnx` / `--no-litert` skip one on purpose. If exporting or
+loading fails, the error is reported (`<side>_error`) and the other sides still run.
 
 Older flags: `--repeats N` is read as `--rounds N`; `--pause S` sleeps S seconds before each
 round (never between timed steps; 0 by default).
@@ -86,8 +87,19 @@ from maffsrn_jax.tools.common import (
 )
 
 BENCHMARKS = ("inference", "train")
-SIDES = ("jax", "torch")  # the optional sides, "onnxruntime" and "torch_compile", follow
-OPTIONAL_SIDES = ("onnxruntime", "torch_compile")
+SIDES = ("jax", "torch")  # the optional sides follow: exported models, torch.compile
+OPTIONAL_SIDES = ("onnxruntime", "litert", "torch_compile")
+# What each exported-model side needs installed, as (module, what to say without it).
+_EXPORT_SIDE_NEEDS = {
+    "onnxruntime": (
+        ("onnxruntime", "onnxruntime is not installed (pip install onnxruntime)"),
+        ("torch", "exporting to ONNX needs torch"),
+    ),
+    "litert": (
+        ("ai_edge_litert", "ai-edge-litert is not installed (pip install ai-edge-litert)"),
+        ("tensorflow", "exporting to TFLite needs tensorflow"),
+    ),
+}
 DEVICES = ("cpu", "gpu")
 INFERENCE = {"scale": 4, "n_ffgs": 4, "batch": 1, "size": (256, 256)}
 TRAIN = {"scale": 2, "n_ffgs": 4, "batch": 16, "size": (48, 48)}
@@ -251,11 +263,11 @@ def _torch_run(job: Job, compiled: bool):
     return run, float(run()), env
 
 
-def onnx_side_missing() -> str | None:
-    """Why the ONNX Runtime side cannot run here (one line), or None when it can."""
+def export_side_missing(side: str) -> str | None:
+    """Why an exported-model side ('onnxruntime', 'litert') cannot run here, or None."""
     for module, what in (
-        ("onnxruntime", "onnxruntime is not installed (pip install onnxruntime)"),
-        ("maffsrn_jax.export", "maffsrn_jax.export (the ONNX exporter) is not available"),
+        *_EXPORT_SIDE_NEEDS[side],
+        ("maffsrn_jax.export", "maffsrn_jax.export (the exporter) is not available"),
     ):
         try:
             found = importlib.util.find_spec(module) is not None
@@ -305,6 +317,42 @@ def _onnx_run(job: Job):
     return run, (first.transpose(0, 2, 3, 1) if nchw else first), env
 
 
+def _litert_run(job: Job):
+    """(run, first output, environment) of the LiteRT side: the TFLite export of the same
+    weights at the benchmark's fixed size, in LiteRT's interpreter (inference only, CPU)."""
+    if job.name != "inference":
+        raise SpeedError("the LiteRT side runs inference only")
+    if job.device == "gpu":
+        raise SpeedError("--device gpu: the LiteRT side runs on the CPU only")
+    import ai_edge_litert
+    from ai_edge_litert.interpreter import Interpreter
+
+    from maffsrn_jax import convert
+    from maffsrn_jax.export import export_tflite
+
+    model, variables = convert.torch_to_flax(job.weights)
+    b, (h, w) = job.setting["batch"], job.setting["size"]
+    threads = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "maffsrn.tflite")
+        export_tflite(model, variables, path, precision="float32", input_size=(h, w))
+        interpreter = Interpreter(model_path=path, num_threads=threads)
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    x = np.random.default_rng(job.seed).random((b, h, w, 3), dtype=np.float32)
+    env = {"litert": getattr(ai_edge_litert, "__version__", "?"), "litert_threads": threads}
+
+    def run():
+        ys = []
+        for image in x:  # a TFLite model's batch is fixed at 1
+            interpreter.set_tensor(inp["index"], np.ascontiguousarray(image[None]))
+            interpreter.invoke()
+            ys.append(interpreter.get_tensor(out["index"])[0].copy())
+        return np.stack(ys)
+
+    return run, run(), env
+
+
 def time_steps(
     run: Callable[[], Any],
     steps: int,
@@ -345,6 +393,8 @@ def _serve(conn, side: str, keep_freed: bool, job: Job) -> None:
             run, first, env = _jax_run(job)
         elif side == "onnxruntime":
             run, first, env = _onnx_run(job)
+        elif side == "litert":
+            run, first, env = _litert_run(job)
         else:
             run, first, env = _torch_run(job, compiled=side == "torch_compile")
         conn.send(("ready", first, {**env, f"{side}_malloc_keeps_freed_memory": kept}))
@@ -484,6 +534,7 @@ def run_benchmarks(
     *,
     steps: int = 5,
     onnx: bool = True,
+    litert: bool = True,
     repeats: int | None = None,
 ) -> dict[str, Any]:
     """Runs the selected benchmarks; returns {name: timings + setting, ..., 'environment'}.
@@ -495,8 +546,9 @@ def run_benchmarks(
     (as from `common.parse_xla_options`) are added to them. The JAX worker resolves both, so
     this process never starts a JAX client. `settings` replaces the issue's settings
     ({'inference': INFERENCE, 'train': TRAIN}) per benchmark. `device` is 'cpu' or 'gpu'.
-    `onnx` adds the side 'onnxruntime' to inference where it can run (else the reason is
-    `onnxruntime_skipped`); `torch_compile` adds 'torch_compile'. A failure to build an
+    `onnx` and `litert` add the sides 'onnxruntime' and 'litert' (the model exported to
+    ONNX, and to TFLite at the benchmark's size) to inference where they can run (else the
+    reason is `<side>_skipped`); `torch_compile` adds 'torch_compile'. A failure to build an
     optional side is recorded as `<side>_error` instead of its timings.
     """
     if device not in DEVICES:
@@ -511,12 +563,13 @@ def run_benchmarks(
         setting = settings[name]
         sides = list(SIDES)
         notes: dict[str, str] = {}
-        if onnx and name == "inference":
-            missing = onnx_side_missing()
-            if missing is None:
-                sides.append("onnxruntime")
-            else:
-                notes["onnxruntime_skipped"] = missing
+        for side, wanted in (("onnxruntime", onnx), ("litert", litert)):
+            if wanted and name == "inference":
+                missing = export_side_missing(side)
+                if missing is None:
+                    sides.append(side)
+                else:
+                    notes[f"{side}_skipped"] = missing
         if torch_compile:
             sides.append("torch_compile")
         weights = initial_weights(setting, seed)
@@ -526,7 +579,8 @@ def run_benchmarks(
             for side in sides:  # one at a time: compiling is not what is timed
                 try:
                     keep = jax_keeps_freed_memory if side == "jax" else torch_keeps_freed_memory
-                    workers[side] = Worker(side, keep and side != "onnxruntime", job)
+                    framework = side in ("jax", "torch", "torch_compile")
+                    workers[side] = Worker(side, keep and framework, job)
                 except SpeedError as e:
                     if side not in OPTIONAL_SIDES:
                         raise
@@ -563,6 +617,7 @@ _LABELS = {
     "jax": "JAX",
     "torch": "PyTorch",
     "onnxruntime": "ONNX Runtime",
+    "litert": "LiteRT",
     "torch_compile": "torch.compile",
 }
 
@@ -610,8 +665,9 @@ def format_table(results: dict[str, Any]) -> str:
         for side in OPTIONAL_SIDES:
             if f"{side}_error" in r:
                 notes.append(f"{name}: {_LABELS[side]} failed: {r[f'{side}_error']}")
-        if "onnxruntime_skipped" in r:
-            notes.append(f"{name}: ONNX Runtime skipped: {r['onnxruntime_skipped']}")
+        for side in ("onnxruntime", "litert"):
+            if f"{side}_skipped" in r:
+                notes.append(f"{name}: {_LABELS[side]} skipped: {r[f'{side}_skipped']}")
     env = results["environment"]
     first = results[benchmarks[0]]
     rows.extend(notes)
@@ -645,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pause", type=float, default=0.0,
                    help="seconds of sleep before each round (never between steps)")
     p.add_argument("--no-onnx", action="store_true", help="leave out the ONNX Runtime side")
+    p.add_argument("--no-litert", action="store_true", help="leave out the LiteRT side")
     p.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     p.add_argument("--torch-keeps-freed-memory", action="store_true",
                    help="give the PyTorch worker the JAX worker's malloc setting")
@@ -685,6 +742,7 @@ def main(argv: list[str] | None = None) -> int:
             torch_compile=args.torch_compile,
             steps=args.steps,
             onnx=not args.no_onnx,
+            litert=not args.no_litert,
         )
         print(format_table(results))
         if args.json:
