@@ -489,7 +489,7 @@ def _format(report: dict[str, Any]) -> str:
         f"{report['model']['dtype']}, {report['mode']} on {report['input_shape']}",
         f"params            {report['params']:,}",
         f"macs              {giga(report['macs'])} (conv multiply-adds, forward)",
-        f"challenge_flops   {giga(report['challenge_flops'])} (AIM 2020 / NTIRE 2022-23 "
+        f"challenge_flops   {report['challenge_flops'] / 1e9:.3f} G (AIM 2020 / NTIRE 2022-23 "
         "counter: conv MACs + ReLU-family outputs)",
         f"activations       {report['activations'] / 1e6:.2f} M (conv output elements), "
         f"{report['num_convs']} convs",
@@ -522,7 +522,7 @@ def _format_protocol(report: dict[str, Any]) -> str:
         f"peak_memory       {'n/a' if mem is None else f'{mem / 2**20:.1f} MiB'} "
         f"({report['peak_memory_method']})",
         f"params            {report['params']:,}",
-        f"challenge_flops   {report['challenge_flops'] / 1e9:.2f} G on 1x256x256 "
+        f"challenge_flops   {report['challenge_flops'] / 1e9:.3f} G on 1x256x256 "
         f"(activations {report['activations'] / 1e6:.2f} M, {report['num_convs']} convs)",
         f"device            {report['device']}",
     ]
