@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+
+from maffsrn_jax.tools.faults import make_images
 
 from .conftest import REPO
 
@@ -36,13 +37,7 @@ TINY = [
 def data_dir(tmp_path_factory) -> Path:
     """Six smooth 64x64 photographs-to-be (the last one is held out for validation)."""
     d = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:64, 0:64] / 64.0
-    for i in range(6):
-        f = rng.uniform(1, 4, (3, 2))
-        img = np.stack([np.sin(2 * np.pi * (f[c, 0] * yy + f[c, 1] * xx)) for c in range(3)], -1)
-        img = (img * 100 + 128 + rng.normal(0, 6, img.shape)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(img).save(d / f"img{i}.png")
+    make_images(d, count=6, size=64)
     return d
 
 

@@ -165,13 +165,14 @@ def warnings_and_errors(log: Path) -> list[str]:
     return [ln for ln in text.splitlines() if ln.startswith(("warning:", "error:"))]
 
 
-def make_images(folder: Path) -> None:
+def make_images(folder: Path, count: int = 4, size: int = 48) -> None:
+    """`count` smooth, slightly noisy size x size photographs-to-be: a tiny training set."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:48, 0:48] / 48.0
-    for i in range(4):
+    yy, xx = np.mgrid[0:size, 0:size] / float(size)
+    for i in range(count):
         f = rng.uniform(1, 4, (3, 2))
         img = np.stack([np.sin(2 * np.pi * (f[c, 0] * yy + f[c, 1] * xx)) for c in range(3)], -1)
         img = (img * 100 + 128 + rng.normal(0, 6, img.shape)).clip(0, 255).astype(np.uint8)
