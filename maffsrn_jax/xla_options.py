@@ -4,10 +4,9 @@ On CPU this jaxlib hands convolutions, dots and large reductions to YNNPACK, whi
 convolution on one thread. Switching the YNNPACK fusions off puts them on XLA's
 multi-threaded Eigen kernels instead. (Without YNNPACK, XLA rewrites a plain sum over many
 pixels into a slow tree of reduce-windows; `layers._sum_pixels` is why that does not bite.)
-Measured with `python -m maffsrn_jax.speed` (with and without `--xla-defaults`; the version
-that still ran both frameworks in one process) on a 2-core CPU, relative to PyTorch in the
-same run: the x2 train step went from 1.25x to 0.96x, x4 inference from 0.81x to 0.62x.
-(When other jobs hold the cores, the single-threaded kernels can win by a few percent.)
+`python -m maffsrn_jax.speed` with and without `--xla-defaults` shows the difference
+(docs/performance.md). When other jobs hold the cores, the single-threaded kernels lose
+little.
 
 Every jit and pmap of the package compiles with `compiler_options()`; other backends get
 none. So that a user's own `jax.jit(lambda v, x: model.apply(v, x))` is as fast,
@@ -20,9 +19,9 @@ and for jaxlib versions not known to have the flag (XLA aborts the process on an
 flag in XLA_FLAGS). The option only concerns XLA:CPU; GPU programs are unaffected.
 
 `keep_freed_memory()` (called first by every command-line entry point) is the other half:
-XLA:CPU mallocs a program's temporaries afresh on each run, ~1 GB for the x2 train step,
-and glibc hands that memory back to the kernel on free, so every step page-faulted it all
-in again (~250k faults, ~1 s of system time per step on the 2-core CPU).
+XLA:CPU mallocs a program's temporaries afresh on each run (about 1 GB for the x2 train
+step), and glibc hands that memory back to the kernel on free, so without it every step
+page-faults all of it in again (`--malloc-defaults` in `profile` and `speed` shows it).
 """
 
 from __future__ import annotations
