@@ -74,17 +74,26 @@ def model_fn(model: Any, variables: Any) -> UpscaleFn:
     """
     apply = _jitted_apply(model)
     variables = jax.device_put(variables)
-    s = model.scale
+    return padded_fn(lambda x: apply(variables, x), model.scale, (MIN_INPUT_SIZE, MIN_INPUT_SIZE))
+
+
+def padded_fn(
+    run: Callable[[np.ndarray], Any], scale: int, size: tuple[int, int]
+) -> UpscaleFn:
+    """`run` ([1, H, W, 3] -> [1, sH, sW, 3], for H, W at least `size`) as a function of one
+    image [h, w, 3] of any size: an image smaller than `size` is edge-padded on both sides
+    (replication keeps the border statistics closest to the image's own) and the output is
+    cropped back."""
 
     def fn(x: np.ndarray) -> np.ndarray:
         x = _check_image(x)
         h, w = x.shape[:2]
-        ph, pw = max(0, MIN_INPUT_SIZE - h), max(0, MIN_INPUT_SIZE - w)
+        ph, pw = max(0, size[0] - h), max(0, size[1] - w)
         top, left = ph // 2, pw // 2
         if ph or pw:
             x = np.pad(x, ((top, ph - top), (left, pw - left), (0, 0)), mode="edge")
-        y = np.asarray(apply(variables, x[None])[0], dtype=np.float32)
-        return y[s * top : s * (top + h), s * left : s * (left + w)]
+        y = np.asarray(run(x[None])[0], dtype=np.float32)
+        return y[scale * top : scale * (top + h), scale * left : scale * (left + w)]
 
     return fn
 

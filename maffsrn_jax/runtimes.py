@@ -96,7 +96,8 @@ def _open_onnx(path: Path) -> Artifact:
 def _open_tflite(path: Path) -> Artifact:
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=str(path))
+    # Every core, as ONNX Runtime and XLA use by default (LiteRT's own default is one thread).
+    interpreter = Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
     interpreter.allocate_tensors()
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     h, w = (int(d) for d in inp["shape"][1:3])
@@ -129,23 +130,6 @@ def open_artifact(path: str | os.PathLike) -> Artifact:
     return opener[suffix](p)
 
 
-def _padded(artifact: Artifact, size: tuple[int, int]) -> inference.UpscaleFn:
-    """One image [h, w, 3], h, w <= size where size is fixed -> [sh, sw, 3]: edge-padded to
-    at least `size` (centred, as `inference.model_fn` pads) and the output cropped back."""
-    s = artifact.scale
-
-    def fn(x: np.ndarray) -> np.ndarray:
-        h, w = x.shape[:2]
-        ph, pw = max(0, size[0] - h), max(0, size[1] - w)
-        top, left = ph // 2, pw // 2
-        if ph or pw:
-            x = np.pad(x, ((top, ph - top), (left, pw - left), (0, 0)), mode="edge")
-        y = artifact.run(x[None])[0]
-        return y[s * top : s * (top + h), s * left : s * (left + w)]
-
-    return fn
-
-
 def upscale_fn(
     artifact: Artifact, *, tile: int | None = None, overlap: int | None = None
 ) -> inference.UpscaleFn:
@@ -156,11 +140,11 @@ def upscale_fn(
     """
     if artifact.input_size is not None:
         tile = min(artifact.input_size)
-        fn = _padded(artifact, artifact.input_size)
+        fn = inference.padded_fn(artifact.run, artifact.scale, artifact.input_size)
         # The upscaler's default overlap is sized for its larger default tile.
         overlap = tile // 4 if overlap is None or overlap >= tile // 2 else overlap
     else:
-        fn = _padded(artifact, (MIN_INPUT_SIZE, MIN_INPUT_SIZE))
+        fn = inference.padded_fn(artifact.run, artifact.scale, (MIN_INPUT_SIZE, MIN_INPUT_SIZE))
         overlap = inference.DEFAULT_OVERLAP if overlap is None else overlap
     if tile is None:
         return fn

@@ -319,36 +319,29 @@ def _onnx_run(job: Job):
 
 def _litert_run(job: Job):
     """(run, first output, environment) of the LiteRT side: the TFLite export of the same
-    weights at the benchmark's fixed size, in LiteRT's interpreter (inference only, CPU)."""
+    weights at the benchmark's fixed size, run by `runtimes` (LiteRT's interpreter on every
+    core; inference only, CPU)."""
     if job.name != "inference":
         raise SpeedError("the LiteRT side runs inference only")
     if job.device == "gpu":
         raise SpeedError("--device gpu: the LiteRT side runs on the CPU only")
     import ai_edge_litert
-    from ai_edge_litert.interpreter import Interpreter
 
-    from maffsrn_jax import convert
+    from maffsrn_jax import convert, runtimes
     from maffsrn_jax.export import export_tflite
 
     model, variables = convert.torch_to_flax(job.weights)
     b, (h, w) = job.setting["batch"], job.setting["size"]
-    threads = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "maffsrn.tflite")
         export_tflite(model, variables, path, precision="float32", input_size=(h, w))
-        interpreter = Interpreter(model_path=path, num_threads=threads)
-    interpreter.allocate_tensors()
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+        artifact = runtimes.open_artifact(path)
     x = np.random.default_rng(job.seed).random((b, h, w, 3), dtype=np.float32)
-    env = {"litert": getattr(ai_edge_litert, "__version__", "?"), "litert_threads": threads}
+    env = {"litert": getattr(ai_edge_litert, "__version__", "?"),
+           "litert_threads": os.cpu_count() or 1}
 
     def run():
-        ys = []
-        for image in x:  # a TFLite model's batch is fixed at 1
-            interpreter.set_tensor(inp["index"], np.ascontiguousarray(image[None]))
-            interpreter.invoke()
-            ys.append(interpreter.get_tensor(out["index"])[0].copy())
-        return np.stack(ys)
+        return artifact.run(x)
 
     return run, run(), env
 
