@@ -150,23 +150,13 @@ def artifact_upscaler(
 
     A TFLite model always runs in tiles of its fixed input size.
     """
-    from maffsrn_jax import inference, runtimes
+    from maffsrn_jax import runtimes
 
-    try:
-        artifact = runtimes.open_artifact(path)
-        fn = runtimes.upscale_fn(artifact, tile=tile, overlap=overlap)
-    except ImportError as e:
-        raise EvalError(f"{path}: its runtime is not installed ({e.name or e})") from None
-    except ValueError as e:
-        raise EvalError(f"--checkpoint {path}: {e}") from None
-    if artifact.scale != scale:
-        raise EvalError(f"{path}: exported model is x{artifact.scale}, but --scale is {scale}")
-
-    def upscale(lr: np.ndarray) -> np.ndarray:
-        x = lr.astype(np.float32) / 255
-        return metrics.quantize(inference.ensemble_x8(fn, x) if self_ensemble else fn(x))
-
-    return upscale
+    fn, artifact_scale = runtimes.load_upscaler(path, tile=tile, overlap=overlap,
+                                                self_ensemble=self_ensemble)
+    if artifact_scale != scale:
+        raise EvalError(f"{path}: exported model is x{artifact_scale}, but --scale is {scale}")
+    return lambda lr: metrics.quantize(fn(lr.astype(np.float32) / 255))
 
 
 def score(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from maffsrn_jax import inference
+from maffsrn_jax.errors import Error
 from maffsrn_jax.models import MIN_INPUT_SIZE
 
 SUFFIXES = {"stablehlo": ".stablehlo", "onnx": ".onnx", "tflite": ".tflite"}
@@ -128,6 +129,28 @@ def open_artifact(path: str | os.PathLike) -> Artifact:
     if suffix not in opener:
         raise ValueError(f"{p}: not an exported model (.stablehlo, .onnx or .tflite)")
     return opener[suffix](p)
+
+
+class ArtifactError(Error):
+    """An exported model that cannot be opened here; the message names the file."""
+
+
+def load_upscaler(
+    path: str, *, tile: int | None = None, overlap: int | None = None,
+    self_ensemble: bool = False,
+) -> tuple[inference.UpscaleFn, int]:
+    """(`upscale_fn` of the artifact at `path`, its scale), for the commands that take an
+    exported model as --checkpoint; `self_ensemble` averages the 8 flips/transposes."""
+    try:
+        artifact = open_artifact(path)
+        fn = upscale_fn(artifact, tile=tile, overlap=overlap)
+    except ImportError as e:
+        raise ArtifactError(f"{path}: its runtime is not installed ({e.name or e})") from None
+    except ValueError as e:
+        raise ArtifactError(f"--checkpoint {path}: {e}") from None
+    if self_ensemble:
+        fn = functools.partial(inference.ensemble_x8, fn)
+    return fn, artifact.scale
 
 
 def upscale_fn(

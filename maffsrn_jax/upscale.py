@@ -20,7 +20,6 @@ line naming the file or flag), 130 Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from maffsrn_jax import convert, image_io, inference, metrics, runtimes, xla_options
-from maffsrn_jax.errors import Error, run_cli
+from maffsrn_jax.errors import Error, os_error_line, run_cli
 from maffsrn_jax.files import list_images
 from maffsrn_jax.imresize import imresize
 
@@ -151,14 +150,15 @@ def run(args: argparse.Namespace) -> int:
             raise UpscaleError(f"--tile {args.tile} --overlap {args.overlap}: {e}") from None
     jobs, is_dir = plan(Path(args.input), Path(args.output))
     if runtimes.is_artifact(args.checkpoint):
-        upscale, scale = _artifact_upscaler(args)
+        # A TFLite model tiles at its fixed input size whatever --tile says.
+        fn, scale = runtimes.load_upscaler(args.checkpoint, tile=args.tile or None,
+                                           overlap=args.overlap,
+                                           self_ensemble=args.self_ensemble)
+        upscale = lambda image: upscale_image_with(fn, scale, image)
     else:
-        try:
-            model, variables = convert.load_pretrained(
-                args.checkpoint, dtype=getattr(jnp, args.dtype)
-            )
-        except convert.CheckpointError as e:
-            raise UpscaleError(str(e)) from None
+        model, variables = convert.load_pretrained(
+            args.checkpoint, dtype=getattr(jnp, args.dtype)
+        )
         options = dict(tile=args.tile or None, overlap=args.overlap,
                        self_ensemble=args.self_ensemble)
         scale = model.scale
@@ -179,29 +179,13 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             failures.append(f"{src}: {e}")
         except OSError as e:  # an unreadable input or an unwritable output: try the next
-            failures.append(f"{e.filename or src}: {e.strerror or e}")
+            failures.append(os_error_line(e) if e.filename else f"{src}: {os_error_line(e)}")
     for message in failures:
         print(f"error: {message}", file=sys.stderr)
     if failures:
         print(f"error: {len(failures)} of {len(jobs)} images failed", file=sys.stderr)
         return 1
     return 0
-
-
-def _artifact_upscaler(args: argparse.Namespace):
-    """(image -> upscaled image, scale) for an exported model in its own runtime. A TFLite
-    model tiles at its fixed input size whatever --tile says."""
-    try:
-        artifact = runtimes.open_artifact(args.checkpoint)
-        fn = runtimes.upscale_fn(artifact, tile=args.tile or None, overlap=args.overlap)
-    except ImportError as e:
-        raise UpscaleError(f"{args.checkpoint}: its runtime is not installed ({e.name or e})"
-                           ) from None
-    except ValueError as e:
-        raise UpscaleError(f"--checkpoint {args.checkpoint}: {e}") from None
-    if args.self_ensemble:
-        fn = functools.partial(inference.ensemble_x8, fn)
-    return (lambda image: upscale_image_with(fn, artifact.scale, image)), artifact.scale
 
 
 def main(argv: list[str] | None = None) -> int:
