@@ -30,7 +30,7 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ DEFAULT_INPUT_SIZE = (64, 64)
 # (the centre), so int8 calibration takes seconds; a few dozen crops fix the ranges.
 CALIBRATION_IMAGES = 64
 CALIBRATION_CROP = 128
+# int8 calibration: a folder of LR images, or the crops `calibration_images` read from one.
+Calibration = str | os.PathLike | Sequence[np.ndarray] | None
 # ONNX operator set: 17 has every op the model needs and runs in any recent ONNX Runtime.
 ONNX_OPSET = 17
 
@@ -56,11 +58,20 @@ class ExportError(Error):
     """Bad arguments or an unusable checkpoint/calibration set; the message names it."""
 
 
-def _check_precision(precision: str, fmt: str) -> None:
+def _check_precision(precision: str, fmt: str, calibration: Calibration = None) -> None:
     if precision not in PRECISIONS:
         raise ExportError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if fmt == "stablehlo" and precision == "int8":
         raise ExportError("--precision int8 is for onnx and tflite (stablehlo: float32, float16)")
+    if precision == "int8" and calibration is None:
+        raise ExportError("--precision int8 needs --calibration DIR (a folder of LR images)")
+
+
+def _calibration(calibration: Calibration) -> list[np.ndarray]:
+    """The calibration crops: read from a folder, or as `calibration_images` gave them."""
+    if isinstance(calibration, (str, os.PathLike)):
+        return calibration_images(calibration)
+    return list(calibration or [])
 
 
 def _write_bytes(path: str | os.PathLike, blob: bytes) -> None:
@@ -194,12 +205,12 @@ class _CalibrationReader:
         return None if x is None else {"lr": x.transpose(2, 0, 1)[None].copy()}
 
 
-def _onnx_int8(src: Path, dst: Path, calibration: str | os.PathLike) -> None:
+def _onnx_int8(src: Path, dst: Path, calibration: Calibration) -> None:
     """Static int8 QDQ: per-channel int8 conv weights, uint8 activations calibrated on the
     calibration images; everything but the convolutions stays float32."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    reader = _CalibrationReader(calibration_images(calibration))
+    reader = _CalibrationReader(_calibration(calibration))
     quantize_static(
         str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
         op_types_to_quantize=["Conv"], activation_type=QuantType.QUInt8,
@@ -208,13 +219,11 @@ def _onnx_int8(src: Path, dst: Path, calibration: str | os.PathLike) -> None:
 
 
 def onnx_bytes(model: MAFFSRN, variables: Mapping[str, Any], *, precision: str = "float32",
-               calibration: str | os.PathLike | None = None) -> bytes:
+               calibration: Calibration = None) -> bytes:
     """The serialized ONNX model (see the module docstring), with `scale` in its metadata."""
     import onnx
 
-    _check_precision(precision, "onnx")
-    if precision == "int8" and calibration is None:
-        raise ExportError("--precision int8 needs --calibration DIR (a folder of LR images)")
+    _check_precision(precision, "onnx", calibration)
     with tempfile.TemporaryDirectory(prefix="maffsrn-onnx-") as tmp:
         f32 = Path(tmp) / "float32.onnx"
         _onnx_float32(model, variables, f32)
@@ -234,9 +243,9 @@ def onnx_bytes(model: MAFFSRN, variables: Mapping[str, Any], *, precision: str =
 
 
 def export_onnx(model: MAFFSRN, variables: Mapping[str, Any], path: str | os.PathLike, *,
-                precision: str = "float32", calibration: str | None = None) -> None:
-    """Writes the ONNX model atomically. `variables` is {'params': ...}; `calibration` is a
-    folder of LR images, required for precision='int8'."""
+                precision: str = "float32", calibration: Calibration = None) -> None:
+    """Writes the ONNX model atomically. `variables` is {'params': ...}; `calibration` (a
+    folder of LR images, or `calibration_images` of one) is required for precision='int8'."""
     _write_bytes(path, onnx_bytes(model, variables, precision=precision,
                                   calibration=calibration))
 
@@ -273,17 +282,15 @@ def _fit(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def tflite_bytes(model: MAFFSRN, variables: Mapping[str, Any], *, precision: str = "float32",
-                 calibration: str | os.PathLike | None = None,
+                 calibration: Calibration = None,
                  input_size: tuple[int, int] = DEFAULT_INPUT_SIZE) -> bytes:
     """The TFLite flatbuffer: NHWC [1, H, W, 3] float32 at `input_size` (see the docstring).
 
     Built by jax2tf (StableHLO inside a TF function) and the TFLite converter, which lowers
     StableHLO to TFLite builtins. Sizes are static because the converter needs them so.
     """
-    _check_precision(precision, "tflite")
-    if precision == "int8" and calibration is None:
-        raise ExportError("--precision int8 needs --calibration DIR (a folder of LR images)")
-    images = calibration_images(calibration) if precision == "int8" else []
+    _check_precision(precision, "tflite", calibration)
+    images = _calibration(calibration) if precision == "int8" else []
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import jax.numpy as jnp
     import tensorflow as tf
@@ -313,7 +320,7 @@ def tflite_bytes(model: MAFFSRN, variables: Mapping[str, Any], *, precision: str
 
 
 def export_tflite(model: MAFFSRN, variables: Mapping[str, Any], path: str | os.PathLike, *,
-                  precision: str = "float32", calibration: str | None = None,
+                  precision: str = "float32", calibration: Calibration = None,
                   input_size: tuple[int, int] = DEFAULT_INPUT_SIZE) -> None:
     """Writes the TFLite model atomically."""
     _write_bytes(path, tflite_bytes(model, variables, precision=precision,
@@ -346,7 +353,7 @@ def _check_output(path: Path) -> None:
 
 
 def export(checkpoint: str, fmt: str, output: str | os.PathLike, *, precision: str = "float32",
-           calibration: str | None = None,
+           calibration: Calibration = None,
            input_size: tuple[int, int] = DEFAULT_INPUT_SIZE) -> float:
     """Loads `checkpoint`, writes the artifact, and returns its largest absolute difference
     to the Flax model on `check_image` (run through the artifact's own runtime)."""
@@ -354,15 +361,13 @@ def export(checkpoint: str, fmt: str, output: str | os.PathLike, *, precision: s
 
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    _check_precision(precision, fmt)
-    if precision == "int8" and calibration is None:
-        raise ExportError("--precision int8 needs --calibration DIR (a folder of LR images)")
+    _check_precision(precision, fmt, calibration)
     out = Path(output)
     _check_output(out)
     if out.suffix.lower() != runtimes.SUFFIXES[fmt]:
         raise ExportError(f"--output {out}: a {fmt} file must end in {runtimes.SUFFIXES[fmt]}")
-    if calibration is not None:
-        calibration_images(calibration)  # reports a bad folder before the slow export
+    # Read now, so that a bad folder is reported before the slow export, and only once.
+    images = None if calibration is None else calibration_images(calibration)
     try:
         model, variables = convert.load_pretrained(checkpoint)
     except convert.CheckpointError as e:
@@ -370,9 +375,9 @@ def export(checkpoint: str, fmt: str, output: str | os.PathLike, *, precision: s
     if fmt == "stablehlo":
         export_stablehlo(model, variables, out, precision=precision)
     elif fmt == "onnx":
-        export_onnx(model, variables, out, precision=precision, calibration=calibration)
+        export_onnx(model, variables, out, precision=precision, calibration=images)
     else:
-        export_tflite(model, variables, out, precision=precision, calibration=calibration,
+        export_tflite(model, variables, out, precision=precision, calibration=images,
                       input_size=input_size)
     x = check_image(input_size if fmt == "tflite" else DEFAULT_INPUT_SIZE)
     want = inference.model_fn(model, variables)(x)
