@@ -40,6 +40,7 @@ from maffsrn_jax import image_io
 from maffsrn_jax.errors import Error, run_cli
 from maffsrn_jax.files import list_images, write_atomic
 from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE
+from maffsrn_jax.tools.common import parse_size
 
 FORMATS = ("stablehlo", "onnx", "tflite")
 PRECISIONS = ("float32", "float16", "int8")
@@ -255,10 +256,7 @@ def export_onnx(model: MAFFSRN, variables: Mapping[str, Any], path: str | os.Pat
 
 def parse_input_size(text: str) -> tuple[int, int]:
     """'HxW' -> (H, W), each at least MIN_INPUT_SIZE."""
-    h, sep, w = text.lower().partition("x")
-    if not sep or not h.isdigit() or not w.isdigit():
-        raise ExportError(f"--input-size {text!r}: expected HxW, e.g. 64x64")
-    size = (int(h), int(w))
+    size = parse_size(text, "--input-size")
     if min(size) < MIN_INPUT_SIZE:
         raise ExportError(
             f"--input-size {text}: each side must be at least {MIN_INPUT_SIZE} "
