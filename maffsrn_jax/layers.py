@@ -246,26 +246,25 @@ def _depthwise_bwd(pad, dilation, residuals, g):
     n, h, w = g.shape[:3]
     # d/dx: the same 'same' convolution with the kernel flipped.
     dx = _shifted_sum(_pad_hw(g, pad), kernel[::-1, ::-1], dilation)
-    # d/dkernel[i, j, c] = sum over n, h, w of shift(x, i, j) * g, per channel. Per tap, the
-    # sum over images is written as explicit adds of [H, W, C] products: one fused loop,
-    # vectorised over channels, with no product ever stored. A reduction op would not do:
-    # XLA:CPU emits it with one scalar accumulator per output, several times slower. The
-    # [H, W, k*k, C] partial sums are then reduced over pixels by one matrix product.
+    # d/dkernel[i, j, c] = sum over n, h, w of shift(x, i, j) * g, per channel. For each
+    # kernel row i, the k taps' products are summed over the images by explicit adds into
+    # [H, W, k, C]: one fused loop, vectorised over channels, which reads each image's
+    # gradient once for the whole row and never stores a product. (A reduction op would
+    # not do: XLA:CPU emits it with one scalar accumulator per output, several times
+    # slower.) The [H, W, k*k, C] partial sums are then reduced over pixels by one matrix
+    # product.
     acc_dtype = jnp.promote_types(g.dtype, jnp.float32)
 
-    def window(m: int, i: int, j: int) -> jax.Array:
-        di, dj = i * dilation, j * dilation
-        return xp[m, di : di + h, dj : dj + w].astype(acc_dtype) * g[m].astype(acc_dtype)
+    def row_products(m: int, i: int) -> jax.Array:
+        di = i * dilation
+        windows = [xp[m, di : di + h, j * dilation : j * dilation + w] for j in range(k)]
+        return jnp.stack(windows, axis=2).astype(acc_dtype) * g[m, :, :, None].astype(acc_dtype)
 
     chunks = []
     for start in range(0, n, _IMAGES_PER_SUM):
         images = range(start, min(n, start + _IMAGES_PER_SUM))
-        taps = [
-            functools.reduce(jnp.add, [window(m, i, j) for m in images])
-            for i in range(k)
-            for j in range(k)
-        ]
-        chunks.append(jnp.stack(taps, axis=-2))  # [H, W, k*k, C]
+        rows = [functools.reduce(jnp.add, [row_products(m, i) for m in images]) for i in range(k)]
+        chunks.append(jnp.concatenate(rows, axis=2))  # [H, W, k*k, C]
     partial = jnp.stack(chunks).reshape(-1, k * k * c)
     dk = _sum_pixels(partial).reshape(kernel.shape)
     return dx, dk.astype(kernel.dtype)

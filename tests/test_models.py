@@ -233,13 +233,19 @@ def test_plain_conv_matches_torch(kwargs):
     np.testing.assert_allclose(np.asarray(got), nhwc(conv(nchw(x))), rtol=0, atol=TOL)
 
 
-@pytest.mark.parametrize("shifted", [True, False], ids=["shifted", "xla-conv"])
+@pytest.mark.parametrize(
+    "shifted, images_per_sum",
+    [(True, 16), (True, 2), (False, 16)],
+    ids=["shifted", "shifted-chunked", "xla-conv"],
+)
 @pytest.mark.parametrize("k, dilation", [(5, 1), (3, 2)], ids=["5x5", "dilated3x3"])
-def test_depthwise_gradients_match_torch(k, dilation, shifted, monkeypatch):
-    # On CPU the depthwise conv has a hand-written VJP (per-image kernel gradient); other
-    # backends use XLA's grouped convolution. Check both paths' output and gradients against
-    # torch autograd on a batch of several images.
+def test_depthwise_gradients_match_torch(k, dilation, shifted, images_per_sum, monkeypatch):
+    # On CPU the depthwise conv has a hand-written VJP (kernel gradient summed over images in
+    # chunks); other backends use XLA's grouped convolution. Check both paths' output and
+    # gradients against torch autograd on a batch of three images, which chunks of two
+    # split unevenly.
     monkeypatch.setattr(layers, "_shifted_depthwise", lambda: shifted)
+    monkeypatch.setattr(layers, "_IMAGES_PER_SUM", images_per_sum)
     c, pad = 8, dilation * (k - 1) // 2
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(c, c, k, padding=pad, dilation=dilation, groups=c)

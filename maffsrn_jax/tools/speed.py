@@ -87,6 +87,11 @@ from maffsrn_jax.tools.common import (
 )
 
 BENCHMARKS = ("inference", "train")
+
+# Untimed steps at the start of every turn. A fresh worker's first steps still grow its heap
+# to the high-water mark of the step's temporaries (page faults and slower steps on every
+# side); one untimed step was not always enough for the x2 train step.
+WARMUP = 3
 SIDES = ("jax", "torch")  # the optional sides follow: exported models, torch.compile
 OPTIONAL_SIDES = ("onnxruntime", "litert", "torch_compile")
 # What each exported-model side needs installed, as (module, what to say without it).
@@ -474,7 +479,7 @@ def alternate(
     turns: dict[str, Callable[[int, int], list[float]]],
     rounds: int,
     steps: int,
-    warmup: int = 1,
+    warmup: int = WARMUP,
     pause: float = 0.0,
 ) -> dict[str, Any]:
     """Times `turns` {'jax': ..., 'torch': ...[, others]} in rounds (see `round_order`).
@@ -514,7 +519,7 @@ def alternate(
 def run_benchmarks(
     only: tuple[str, ...] = BENCHMARKS,
     rounds: int = 4,
-    warmup: int = 1,
+    warmup: int = WARMUP,
     pause: float = 0.0,
     compiler_options: Options = None,
     xla_overrides: dict[str, Any] | None = None,
@@ -689,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=None,
                    help="turns per side, in alternating order (default 4)")
     p.add_argument("--steps", type=int, default=5, help="timed consecutive steps per turn")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps at the start of a turn")
+    p.add_argument("--warmup", type=int, default=WARMUP,
+                   help=f"untimed steps at the start of a turn (default {WARMUP})")
     p.add_argument("--repeats", type=int, default=None, help="the older name of --rounds")
     p.add_argument("--pause", type=float, default=0.0,
                    help="seconds of sleep before each round (never between steps)")
