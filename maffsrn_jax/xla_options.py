@@ -142,14 +142,17 @@ def resolve(options: dict[str, Any] | None) -> dict[str, Any]:
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
-_KEEP_FREED = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+# A trim threshold of -1 is read by glibc as the largest size_t: never trim. The largest
+# positive int (2 GiB) is not enough: the top of the x2 train step's heap can free more than
+# that at the end of a step, and each trim costs the next step ~200k page faults.
+_KEEP_FREED = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
 
 
 def keep_freed_memory() -> bool:
     """Makes glibc's malloc keep freed memory mapped for reuse; True where it took effect.
 
-    One arena, no per-allocation mmaps and no trimming (mallopt, the same as
-    MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647): the process
+    One arena, no per-allocation mmaps and no trimming (mallopt, like MALLOC_ARENA_MAX=1
+    MALLOC_MMAP_MAX_=0 and a trim threshold larger than any heap): the process
     keeps its high-water mark of heap instead of returning it after each step, and the
     ~250k page faults per x2 train step go to zero (`python -m maffsrn_jax.profile --train`
     with and without `--malloc-defaults`, and `python -m maffsrn_jax.speed`, report them).

@@ -92,9 +92,10 @@ import ctypes, resource, sys
 from maffsrn_jax import xla_options
 kept = xla_options.keep_freed_memory() if sys.argv[1] == "keep" else False
 libc = ctypes.CDLL(None)
+libc.malloc.argtypes = (ctypes.c_size_t,)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = (ctypes.c_void_p,)
-size = 256 * 2**20
+size = int(sys.argv[2])
 def touch_once():
     p = libc.malloc(size)
     ctypes.memset(p, 1, size)  # every page faults in unless it stayed mapped
@@ -112,14 +113,18 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 )
 def test_keep_freed_memory_lets_a_freed_block_be_reused_without_page_faults():
     # In a subprocess: the setting is process-wide and has to come before other threads.
+    # Larger than 2 GiB: the top of the heap frees more than the largest positive trim
+    # threshold when it is released, as at the end of an x2 train step.
+    size = 2**31 + 2**28
+
     def faults(mode: str) -> tuple[str, int]:
         out = subprocess.run(
-            [sys.executable, "-c", _REUSE_SCRIPT, mode],
+            [sys.executable, "-c", _REUSE_SCRIPT, mode, str(size)],
             cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
         ).stdout.split()
         return out[0], int(out[1])
 
-    pages = 256 * 2**20 // 4096
+    pages = size // 4096
     kept, with_keep = faults("keep")
     _, without = faults("default")
     assert kept == "True"
