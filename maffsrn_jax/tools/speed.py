@@ -90,7 +90,7 @@ BENCHMARKS = ("inference", "train")
 
 # Untimed steps at the start of every turn. A fresh worker's first steps still grow its heap
 # to the high-water mark of the step's temporaries (page faults and slower steps on every
-# side); one untimed step was not always enough for the x2 train step.
+# side); one untimed step is not always enough for the x2 train step.
 WARMUP = 3
 SIDES = ("jax", "torch")  # the optional sides follow: exported models, torch.compile
 OPTIONAL_SIDES = ("onnxruntime", "litert", "torch_compile")
