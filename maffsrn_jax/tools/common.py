@@ -15,7 +15,7 @@ import numpy as np
 
 from maffsrn_jax import xla_options
 from maffsrn_jax.errors import Error
-from maffsrn_jax.files import write_atomic
+from maffsrn_jax.files import write_atomic, write_json_atomic
 from maffsrn_jax.models import MIN_INPUT_SIZE
 
 TRAIN_LEARNING_RATE = 2e-4  # the paper's; the value does not change the cost of a step
@@ -35,6 +35,7 @@ __all__ = [
     "random_batch",
     "resolve_options",
     "setup_malloc",
+    "write_json_report",
     "write_text_atomic",
 ]
 
@@ -113,6 +114,13 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Writes `text` to `path` (its folder made if need be) atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, text)
+
+
+def write_json_report(path: str | os.PathLike, report: Any) -> None:
+    """A command's --json report, as `files.write_json_atomic` writes JSON (folder made if
+    need be)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, report)
 
 
 # --- flags ----------------------------------------------------------------------------------

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import sys
 import time
@@ -92,6 +91,7 @@ from maffsrn_jax.tools.common import (
     random_batch,
     resolve_options,
     setup_malloc,
+    write_json_report,
     write_text_atomic,
 )
 from maffsrn_jax.tools.counts import (
@@ -617,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             report["malloc_keeps_freed_memory"] = kept
             print(_format_protocol(report))
             if args.json:
-                write_text_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
+                write_json_report(args.json, report)
             return
         model, params = _build_model(args)
         shape = _input_shape(args, model.scale)
@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         report["malloc_keeps_freed_memory"] = kept
         print(_format(report))
         if args.json:
-            write_text_atomic(Path(args.json), json.dumps(report, indent=2) + "\n")
+            write_json_report(args.json, report)
 
     return run_cli(body)
 

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import multiprocessing
 import os
 import signal
@@ -67,7 +66,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -83,7 +81,7 @@ from maffsrn_jax.tools.common import (
     parse_xla_options,
     random_batch,
     setup_malloc,
-    write_text_atomic,
+    write_json_report,
 )
 
 BENCHMARKS = ("inference", "train")
@@ -745,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(format_table(results))
         if args.json:
-            write_text_atomic(Path(args.json), json.dumps(results, indent=2) + "\n")
+            write_json_report(args.json, results)
 
     return run_cli(body)
 
