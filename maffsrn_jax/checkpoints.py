@@ -245,9 +245,12 @@ def _ignore_late_tensorstore_callbacks() -> None:
     """Silences the reads a failed restore leaves in flight.
 
     When one read of a damaged step fails, Orbax closes its event loop while TensorStore
-    still completes the step's other reads; each completion then fails to reach the closed
-    loop and Python prints a traceback ("Event loop is closed") through
-    `sys.unraisablehook`, long after the failure was reported in one line.
+    still completes the step's other reads. Each of them fails later, long after the failure
+    was reported in one line, in one of two ways: the completion cannot reach the closed loop
+    ("Event loop is closed", printed through `sys.unraisablehook`), or the read's task is
+    garbage-collected holding its error and asyncio logs "Task exception was never retrieved"
+    with a traceback. Only those two are dropped: other unraisable errors and asyncio records
+    still get through.
     """
     previous = sys.unraisablehook
     if getattr(previous, "_drops_closed_loop", False):
@@ -261,6 +264,13 @@ def _ignore_late_tensorstore_callbacks() -> None:
 
     hook._drops_closed_loop = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_drop_unretrieved_tensorstore_errors)
+
+
+def _drop_unretrieved_tensorstore_errors(record: logging.LogRecord) -> bool:
+    """False for asyncio's report of a TensorStore read error nobody awaited."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and "tensorstore_spec=" in str(exc))
 
 
 def _short(message: str) -> str:

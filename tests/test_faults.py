@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import socket
@@ -169,6 +170,39 @@ def test_load_pretrained_and_eval_name_a_damaged_checkpoint(tmp_path):
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {root / '1'}")
+
+
+
+def test_reads_left_failing_after_a_failed_restore_log_nothing(tmp_path, caplog):
+    """The damaged step's other reads fail after the one-line error: their unretrieved task
+    errors (TensorStore's, which carry its spec) are dropped; any other task error is not."""
+    import asyncio
+    import gc
+
+    root = tmp_path / "checkpoints"
+    _save_steps(root, [1])
+    _damage(root / "1", "truncated")
+    with pytest.raises(checkpoints.CheckpointError):
+        checkpoints.restore(root)
+
+    async def fail(message: str) -> None:
+        raise ValueError(message)
+
+    def leave_unretrieved(message: str) -> None:
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(fail(message))
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        assert task.done()
+        del task
+        gc.collect()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        leave_unretrieved("DATA_LOSS: read failed [tensorstore_spec='{}']")
+        assert not caplog.records
+        leave_unretrieved("some other failure")
+    (record,) = caplog.records
+    assert "never retrieved" in record.getMessage()
 
 
 # --------------------------------------------------------------------------- metrics log
