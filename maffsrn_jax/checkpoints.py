@@ -135,10 +135,12 @@ def restore(
                     f"{root}: no checkpoint at step {step} (have {sorted(steps)})"
                 )
             items = {STATE: state_args, MODEL: ocp.args.JsonRestore()}
+            # Before the restore, not after a failure: a read left behind by a failure can
+            # be collected while the error is still on its way out of Orbax.
+            _ignore_late_tensorstore_callbacks()
             try:
                 restored = mngr.restore(step, args=ocp.args.Composite(**items))
             except (ValueError, KeyError, FileNotFoundError, OSError) as e:
-                _ignore_late_tensorstore_callbacks()
                 raise CheckpointError(
                     f"{root}/{step}: unreadable checkpoint ({_short(first_line(e))})"
                 ) from e
@@ -250,7 +252,7 @@ def _ignore_late_tensorstore_callbacks() -> None:
     ("Event loop is closed", printed through `sys.unraisablehook`), or the read's task is
     garbage-collected holding its error and asyncio logs "Task exception was never retrieved"
     with a traceback. Only those two are dropped: other unraisable errors and asyncio records
-    still get through.
+    still get through. A restore that succeeds leaves neither.
     """
     previous = sys.unraisablehook
     if getattr(previous, "_drops_closed_loop", False):
