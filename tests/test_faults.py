@@ -172,7 +172,6 @@ def test_load_pretrained_and_eval_name_a_damaged_checkpoint(tmp_path):
     assert out.stderr.strip().splitlines()[-1].startswith(f"error: {root / '1'}")
 
 
-
 def test_reads_left_failing_after_a_failed_restore_log_nothing(tmp_path, caplog):
     """The damaged step's other reads fail after the one-line error: their unretrieved task
     errors (TensorStore's, which carry its spec) are dropped; any other task error is not."""
