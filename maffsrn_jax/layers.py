@@ -3,9 +3,9 @@
 `Conv` is what every block of `models.py` is built from. Its parameters mirror PyTorch's
 `nn.Conv2d` (HWIO kernel, bias, optional weight-norm gain), its initialisation is PyTorch's,
 and on XLA:CPU it routes the shapes MAFFSRN uses through hand-written kernels (1x1 as
-matmuls, depthwise as shifted multiply-adds, bias gradients as matrix-vector products),
-each with the reason beside it. Every path computes the same function as
-`jax.lax.conv_general_dilated`.
+matmuls, depthwise as shifted multiply-adds, bias gradients as matrix-vector products,
+3x3 as the AVX-512 kernels of `cpu_conv`), each with the reason beside it. Every path
+computes the same function as `jax.lax.conv_general_dilated`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from maffsrn_jax import cpu_conv
 
 Dtype = Any
 
@@ -106,6 +108,13 @@ class Conv(nn.Module):
             and _shifted_depthwise()
         ):
             y = _depthwise(parts[0].astype(self.dtype), kernel, pad, self.dilation)
+        elif (
+            k == 3
+            and self.stride == self.dilation == self.groups == 1
+            and pad == 1
+            and cpu_conv.supports(in_features, self.features, self.dtype)
+        ):
+            y = cpu_conv.conv3x3(parts[0].astype(self.dtype), kernel)
         else:
             y = self._xla_conv(parts[0].astype(self.dtype), kernel, pad)
         if self.portable:

@@ -4,8 +4,10 @@ imports and runs its commands from outside the repository."""
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import pytest
 from packaging.requirements import Requirement
@@ -39,3 +41,24 @@ def test_commands_run_from_another_directory(tmp_path):
         out = subprocess.run([sys.executable, "-m", f"maffsrn_jax.{command}", "--help"],
                              cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and "usage:" in out.stdout, out.stderr
+
+
+def test_the_wheel_ships_the_cpu_kernels_source(tmp_path):
+    # `cpu_conv` compiles its C++ source on the user's machine, so the source must be in the
+    # wheel (package data), not only in the checkout. Built from a copy: the build leaves
+    # build/ and egg-info folders behind.
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    for name in ("pyproject.toml", "README.md", "requirements.txt"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, src / name)
+    shutil.copytree(REPO / "maffsrn_jax", src / "maffsrn_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "dist"), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    assert "maffsrn_jax/cpu_conv.cc" in zipfile.ZipFile(wheel).namelist()

@@ -1,0 +1,156 @@
+"""The 3x3 convolutions of MAFFSRN on XLA:CPU as AVX-512 kernels (`cpu_conv.cc`), when they run.
+
+XLA:CPU convolves through Eigen with 256-bit vectors. MAFFSRN spends about half of a CPU
+train step in its 3x3 convolutions of 32 channels, and Eigen's input and kernel gradients
+take about three times its forward pass. The kernels in `cpu_conv.cc` use AVX-512 and do the
+forward pass and both gradients together in about half of Eigen's time
+(docs/performance.md).
+
+The C++ source ships with the package and is compiled on first use with the system C++
+compiler (`$CXX`, else `c++`) against jaxlib's XLA FFI headers. The library is cached under
+`$XDG_CACHE_HOME/maffsrn_jax` (default `~/.cache/maffsrn_jax`), keyed by the source and the
+jaxlib version. Where the CPU lacks AVX-512, the platform is not x86-64, no compiler is found
+or the build fails, `available()` is False and the layers keep XLA's own convolution (a
+failed build logs one warning). `MAFFSRN_JAX_CPU_CONV=0` turns the kernels off.
+
+Results match XLA's convolution to float32 rounding, and do not depend on the number of
+threads (see the source's header).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+SOURCE = Path(__file__).with_name("cpu_conv.cc")
+OPT_OUT_ENV = "MAFFSRN_JAX_CPU_CONV"  # "0": XLA's own convolution everywhere
+_FORWARD = "maffsrn_conv3x3_forward"
+_KERNEL_GRAD = "maffsrn_conv3x3_kernel_grad"
+_LANES = 16  # float32 lanes of an AVX-512 register; channel counts come in these
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "maffsrn_jax"
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+
+
+def _build(compiler: str) -> Path:
+    """Compile `cpu_conv.cc` into the cache (once per source and jaxlib) and return the path."""
+    from importlib import metadata
+
+    key = hashlib.sha256(SOURCE.read_bytes())
+    key.update(metadata.version("jaxlib").encode())
+    key.update(compiler.encode())
+    target = _cache_dir() / f"cpu_conv-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Built beside the target and renamed into place, so that concurrent first uses (test
+    # workers, processes of one run) never load a half-written library.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        subprocess.run(
+            [compiler, "-O3", "-std=c++17", "-shared", "-fPIC",
+             "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp],
+            check=True, capture_output=True, text=True, timeout=600,
+        )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the AVX-512 kernels are built, loaded and registered with XLA:CPU."""
+    if os.environ.get(OPT_OUT_ENV) == "0":
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    compiler = _compiler()
+    if compiler is None:
+        return False
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.SubprocessError) as e:
+        lines = (getattr(e, "stderr", None) or "").strip().splitlines()
+        reason = lines[-1] if lines else str(e)
+        logging.warning(
+            "maffsrn_jax: could not build %s with %s, so XLA's convolution runs instead: %s",
+            SOURCE.name, compiler, reason,
+        )
+        return False
+    if not lib.MaffsrnConv3x3Supported():
+        return False
+    jax.ffi.register_ffi_target(
+        _FORWARD, jax.ffi.pycapsule(lib.MaffsrnConv3x3Forward), platform="cpu"
+    )
+    jax.ffi.register_ffi_target(
+        _KERNEL_GRAD, jax.ffi.pycapsule(lib.MaffsrnConv3x3KernelGrad), platform="cpu"
+    )
+    return True
+
+
+def supports(in_features: int, features: int, dtype: jnp.dtype) -> bool:
+    """Whether a 3x3 'same' convolution with these channels runs on the kernels.
+
+    Both channel counts must be whole registers (16 to 64): the output's for the forward
+    pass and kernel gradient, the input's for the input gradient (a forward pass back).
+    """
+    return (
+        jnp.dtype(dtype) == jnp.float32
+        and all(c % _LANES == 0 and _LANES <= c <= 4 * _LANES for c in (in_features, features))
+        and jax.default_backend() == "cpu"
+        and available()
+    )
+
+
+def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    if not available():
+        raise RuntimeError("maffsrn_jax.cpu_conv: the AVX-512 kernels are not available here")
+    out = jax.ShapeDtypeStruct((*x.shape[:-1], kernel.shape[-1]), jnp.float32)
+    return jax.ffi.ffi_call(_FORWARD, out, vmap_method="sequential")(x, kernel)
+
+
+@jax.custom_vjp
+def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """'Same' 3x3 convolution, stride 1: [N, H, W, C] x [3, 3, C, O] -> [N, H, W, O], float32.
+
+    The same function as `jax.lax.conv_general_dilated` with padding 1 (NHWC, HWIO). Only
+    for shapes that `supports` accepts.
+    """
+    return _forward(x, kernel)
+
+
+def _conv3x3_fwd(x, kernel):
+    return _forward(x, kernel), (x, kernel)
+
+
+def _conv3x3_bwd(residuals, g):
+    x, kernel = residuals
+    # d/dx is the 'same' convolution of g with the kernel rotated by 180 degrees and its
+    # input and output channels swapped.
+    dx = _forward(g, jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
+    out = jax.ShapeDtypeStruct(kernel.shape, jnp.float32)
+    dk = jax.ffi.ffi_call(_KERNEL_GRAD, out, vmap_method="sequential")(x, g)
+    return dx, dk
+
+
+conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
