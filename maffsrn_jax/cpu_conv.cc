@@ -1,20 +1,24 @@
-// 3x3 'same' convolution (stride 1, one group) for XLA:CPU with AVX-512, as XLA FFI handlers.
+// MAFFSRN's convolution kernels for XLA:CPU with AVX-512, as XLA FFI handlers.
 //
-// XLA:CPU's own convolution runs through Eigen with 256-bit vectors; on cores with AVX-512
-// these register-blocked loops do the same work in about half the time, and the backward
-// pass gains most. `cpu_conv.py` builds this file with the system C++ compiler and calls it
-// only for float32 layers whose output channels are a multiple of 16.
+// XLA:CPU's own convolutions and matrix products run through Eigen with 256-bit vectors; on
+// cores with AVX-512 these register-blocked loops do the 3x3 convolution's forward pass and
+// both gradients in about half the time, and the 1x1 convolution's kernel gradient (a long
+// sum over pixels) in about a third. `cpu_conv.py` builds this file with the system C++
+// compiler and uses it only for float32 shapes whose channels fill whole 16-float registers.
 //
 // Layouts are row-major: x [N, H, W, C], kernel [3, 3, C, O] (HWIO), y [N, H, W, O].
-//   maffsrn_conv3x3_fwd(x, kernel) -> y        y = conv(x, kernel)
-//   maffsrn_conv3x3_wgrad(x, dy)   -> dkernel  dkernel[i, j, c, o] = sum x[.., h+i-1, w+j-1, c] dy[.., h, w, o]
-// The input gradient is the forward kernel applied to dy with the kernel flipped and its
-// channel axes swapped (done by the caller).
+//   MaffsrnConv3x3Forward(x, kernel) -> y        'same' 3x3 convolution, stride 1
+//   MaffsrnConv3x3KernelGrad(x, dy)  -> dkernel  dkernel[i, j, c, o] =
+//                                                  sum of x[n, h+i-1, w+j-1, c] dy[n, h, w, o]
+//   MaffsrnPixelOuterSum(a, g)       -> [C, O]   sum over pixels of a[.., c] g[.., o] (the
+//                                                  kernel gradient of a 1x1 convolution)
+// The input gradient of the 3x3 convolution is the forward kernel applied to dy with the
+// kernel rotated by 180 degrees and its channel axes swapped (done by the caller).
 //
-// Work is split into chunks of image rows that the calling thread and XLA's intra-op pool
-// pull in turn. Each output element is summed in a fixed order, and the kernel gradient is
-// summed per fixed chunk and then over chunks in order, so results do not depend on the
-// number of threads or on which thread ran which chunk.
+// Work is split into chunks (of image rows, or of pixels) that the calling thread and XLA's
+// intra-op pool pull in turn. Each output element is summed in a fixed order, and kernel
+// gradients are summed per fixed chunk and then over chunks in order, so results do not
+// depend on the number of threads or on which thread ran which chunk.
 
 #include <immintrin.h>
 
@@ -219,6 +223,13 @@ int64_t RowsPerChunk(int64_t W, int C, int O) {
 // Fixed number of partial kernel gradients: the sum order depends on the shape only.
 constexpr int64_t kGradChunks = 16;
 
+// out = the sum of `chunks` partials of `size` floats, added in order.
+void SumPartials(const float* partial, int64_t chunks, int64_t size, float* out) {
+  std::memcpy(out, partial, sizeof(float) * size);
+  for (int64_t c = 1; c < chunks; ++c)
+    for (int64_t e = 0; e < size; ++e) out[e] += partial[c * size + e];
+}
+
 ffi::Error CheckShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k) {
   if (x.size() != 4 || k.size() != 4 || k[0] != 3 || k[1] != 3 || k[2] != x[3] ||
       k[3] % kLanes != 0 || k[3] < kLanes || k[3] > 4 * kLanes) {
@@ -282,14 +293,55 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
     });
   });
   if (status.failure()) return status;
-  float* out = dk->typed_data();
-  std::memcpy(out, part, sizeof(float) * size);
-  for (int64_t c = 1; c < chunks; ++c)
-    for (int64_t e = 0; e < size; ++e) out[e] += part[c * size + e];
+  SumPartials(part, chunks, size, dk->typed_data());
+  return ffi::Error::Success();
+}
+
+// sum over pixels of a[p, c] * g[p, o] for a [..., C] and g [..., O]: the kernel gradient
+// of a 1x1 convolution, a.T @ g over flattened pixels.
+ffi::Error PixelOuterSum(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> g,
+                         ffi::ResultBuffer<ffi::F32> out) {
+  const auto ad = a.dimensions(), gd = g.dimensions(), od = out->dimensions();
+  if (ad.size() < 1 || ad.size() != gd.size() || od.size() != 2) {
+    return ffi::Error::InvalidArgument("maffsrn_pixel_outer_sum: unsupported shapes");
+  }
+  const int C = static_cast<int>(ad.back()), O = static_cast<int>(gd.back());
+  const int64_t pixels = C == 0 ? 0 : static_cast<int64_t>(a.element_count()) / C;
+  if (od[0] != C || od[1] != O || static_cast<int64_t>(g.element_count()) != pixels * O) {
+    return ffi::Error::InvalidArgument("maffsrn_pixel_outer_sum: mismatched shapes");
+  }
+  const int64_t size = static_cast<int64_t>(C) * O;
+  const int64_t chunks = std::max<int64_t>(1, std::min(pixels, kGradChunks));
+  std::vector<float> partial(chunks * size, 0.0f);
+  const float* ap = a.typed_data();
+  const float* gp = g.typed_data();
+  float* part = partial.data();
+  ffi::Error status = DispatchOV(O, [&](auto ov) {
+    constexpr int OV = decltype(ov)::value;
+    constexpr int CB = kAccumulators / OV;
+    ParallelFor(pool, chunks, [=](int64_t c) {
+      const int64_t p0 = pixels * c / chunks, p1 = pixels * (c + 1) / chunks;
+      const float* as = ap + p0 * C;
+      const float* gs = gp + p0 * O;
+      float* dk = part + c * size;
+      int c0 = 0;
+      for (; c0 + CB <= C; c0 += CB) KernelGradBlock<CB, OV>(as + c0, gs, p1 - p0, C, dk + c0 * O);
+      if (c0 < C) KernelGradNarrowBlock<OV>(C - c0, as + c0, gs, p1 - p0, C, dk + c0 * O);
+    });
+  });
+  if (status.failure()) return status;
+  SumPartials(part, chunks, size, out->typed_data());
   return ffi::Error::Success();
 }
 
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MaffsrnPixelOuterSum, PixelOuterSum,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MaffsrnConv3x3Forward, Forward,
                               ffi::Ffi::Bind()

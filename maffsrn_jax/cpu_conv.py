@@ -37,6 +37,7 @@ SOURCE = Path(__file__).with_name("cpu_conv.cc")
 OPT_OUT_ENV = "MAFFSRN_JAX_CPU_CONV"  # "0": XLA's own convolution everywhere
 _FORWARD = "maffsrn_conv3x3_forward"
 _KERNEL_GRAD = "maffsrn_conv3x3_kernel_grad"
+_OUTER_SUM = "maffsrn_pixel_outer_sum"
 _LANES = 16  # float32 lanes of an AVX-512 register; channel counts come in these
 
 
@@ -105,7 +106,18 @@ def available() -> bool:
     jax.ffi.register_ffi_target(
         _KERNEL_GRAD, jax.ffi.pycapsule(lib.MaffsrnConv3x3KernelGrad), platform="cpu"
     )
+    jax.ffi.register_ffi_target(
+        _OUTER_SUM, jax.ffi.pycapsule(lib.MaffsrnPixelOuterSum), platform="cpu"
+    )
     return True
+
+
+def _whole_registers(channels: int) -> bool:
+    return channels % _LANES == 0 and _LANES <= channels <= 4 * _LANES
+
+
+def _runs_here(dtype: jnp.dtype) -> bool:
+    return jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu" and available()
 
 
 def supports(in_features: int, features: int, dtype: jnp.dtype) -> bool:
@@ -114,17 +126,22 @@ def supports(in_features: int, features: int, dtype: jnp.dtype) -> bool:
     Both channel counts must be whole registers (16 to 64): the output's for the forward
     pass and kernel gradient, the input's for the input gradient (a forward pass back).
     """
-    return (
-        jnp.dtype(dtype) == jnp.float32
-        and all(c % _LANES == 0 and _LANES <= c <= 4 * _LANES for c in (in_features, features))
-        and jax.default_backend() == "cpu"
-        and available()
-    )
+    return _whole_registers(in_features) and _whole_registers(features) and _runs_here(dtype)
+
+
+def supports_pointwise(in_features: int, features: int, dtype: jnp.dtype) -> bool:
+    """Whether `pointwise` takes its kernel gradient from the kernels: one channel count in
+    whole registers (the sum is computed transposed when only the input's is)."""
+    return (_whole_registers(features) or _whole_registers(in_features)) and _runs_here(dtype)
+
+
+def _require() -> None:
+    if not available():
+        raise RuntimeError("maffsrn_jax.cpu_conv: the AVX-512 kernels are not available here")
 
 
 def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    if not available():
-        raise RuntimeError("maffsrn_jax.cpu_conv: the AVX-512 kernels are not available here")
+    _require()
     out = jax.ShapeDtypeStruct((*x.shape[:-1], kernel.shape[-1]), jnp.float32)
     return jax.ffi.ffi_call(_FORWARD, out, vmap_method="sequential")(x, kernel)
 
@@ -154,3 +171,35 @@ def _conv3x3_bwd(residuals, g):
 
 
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def _outer_sum(a: jax.Array, g: jax.Array) -> jax.Array:
+    """a.T @ g over pixels, [P, C] x [P, O] -> [C, O]; O (or else C) in whole registers."""
+    if not _whole_registers(g.shape[-1]):
+        return _outer_sum(g, a).T
+    _require()
+    out = jax.ShapeDtypeStruct((a.shape[-1], g.shape[-1]), jnp.float32)
+    return jax.ffi.ffi_call(_OUTER_SUM, out, vmap_method="sequential")(a, g)
+
+
+@jax.custom_vjp
+def pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x @ kernel, [P, C] x [C, O] -> [P, O] float32: a 1x1 convolution over flattened pixels.
+
+    The product and the input gradient stay XLA's; the kernel gradient, a sum over all P
+    pixels that Eigen runs slowly for so few channels, is `MaffsrnPixelOuterSum`. Only for
+    shapes that `supports_pointwise` accepts.
+    """
+    return x @ kernel
+
+
+def _pointwise_fwd(x, kernel):
+    return x @ kernel, (x, kernel)
+
+
+def _pointwise_bwd(residuals, g):
+    x, kernel = residuals
+    return g @ kernel.T, _outer_sum(x, g)
+
+
+pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)

@@ -63,6 +63,24 @@ def test_forward_and_gradients_match_xla(shape, features):
 
 
 @needs_kernels
+@pytest.mark.parametrize(
+    "pixels, in_features, features",
+    [(2304, 32, 32), (1000, 64, 32), (777, 32, 8), (5, 8, 32), (3, 16, 48), (100, 24, 16)],
+    ids=["32-32", "64-32", "32-8-transposed", "8-32", "few-pixels", "24-16"],
+)
+def test_pointwise_gradients_match_xla(pixels, in_features, features):
+    kx, kk, kg = jax.random.split(jax.random.key(pixels), 3)
+    x = jax.random.normal(kx, (pixels, in_features))
+    kernel = jax.random.normal(kk, (in_features, features))
+    g = jax.random.normal(kg, (pixels, features))
+    y, vjp = jax.vjp(jax.jit(cpu_conv.pointwise), x, kernel)
+    dot = lambda a, b: jnp.matmul(a, b, precision="highest")
+    y_ref, vjp_ref = jax.vjp(dot, x, kernel)
+    for got, want in zip((y, *vjp(g)), (y_ref, *vjp_ref(g)), strict=True):
+        assert relative_error(got, want) < 1e-5
+
+
+@needs_kernels
 def test_layers_route_only_supported_convolutions_to_the_kernels():
     def custom_calls(features_in: int, features: int, dtype=jnp.float32, k: int = 3) -> int:
         conv = layers.Conv(features, k, dtype=dtype)
@@ -77,6 +95,11 @@ def test_layers_route_only_supported_convolutions_to_the_kernels():
     assert custom_calls(32, 12) == 0  # nor are the output's (the x2 tail)
     assert custom_calls(32, 32, jnp.bfloat16) == 0
     assert custom_calls(32, 32, k=5) == 0
+    # 1x1: only the kernel gradient, when either channel count is whole registers.
+    assert custom_calls(32, 8, k=1) == 1
+    assert custom_calls(8, 32, k=1) == 1
+    assert custom_calls(8, 8, k=1) == 0
+    assert custom_calls(32, 32, jnp.bfloat16, k=1) == 0
 
 
 @needs_kernels
@@ -92,6 +115,7 @@ def test_model_gradients_match_the_xla_convolution_path(monkeypatch):
 
     fast = loss_and_grads()
     monkeypatch.setattr(cpu_conv, "supports", lambda *_: False)
+    monkeypatch.setattr(cpu_conv, "supports_pointwise", lambda *_: False)
     plain = loss_and_grads()
     np.testing.assert_allclose(fast[0], plain[0], rtol=1e-6)
     for got, want in zip(jax.tree.leaves(fast[1]), jax.tree.leaves(plain[1]), strict=True):
