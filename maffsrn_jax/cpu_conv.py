@@ -19,6 +19,8 @@ threads (see the source's header).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 import hashlib
@@ -28,6 +30,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -35,10 +38,13 @@ import jax.numpy as jnp
 
 SOURCE = Path(__file__).with_name("cpu_conv.cc")
 OPT_OUT_ENV = "MAFFSRN_JAX_CPU_CONV"  # "0": XLA's own convolution everywhere
-_FORWARD = "maffsrn_conv3x3_forward"
-_KERNEL_GRAD = "maffsrn_conv3x3_kernel_grad"
-_OUTER_SUM = "maffsrn_pixel_outer_sum"
+# Every custom-call target registered here starts with this (to find them in a program).
+KERNEL_PREFIX = "maffsrn_cpu_"
+_FORWARD = KERNEL_PREFIX + "conv3x3_forward"
+_KERNEL_GRAD = KERNEL_PREFIX + "conv3x3_kernel_grad"
+_OUTER_SUM = KERNEL_PREFIX + "pixel_outer_sum"
 _LANES = 16  # float32 lanes of an AVX-512 register; channel counts come in these
+_XLA_ONLY = contextvars.ContextVar("maffsrn_jax_cpu_conv_xla_only", default=False)
 
 
 def _cache_dir() -> Path:
@@ -117,7 +123,27 @@ def _whole_registers(channels: int) -> bool:
 
 
 def _runs_here(dtype: jnp.dtype) -> bool:
-    return jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu" and available()
+    return (
+        jnp.dtype(dtype) == jnp.float32
+        and not _XLA_ONLY.get()
+        and jax.default_backend() == "cpu"
+        and available()
+    )
+
+
+@contextlib.contextmanager
+def xla_convolutions() -> Iterator[None]:
+    """Within this context, models traced use XLA's own convolutions and products.
+
+    For XLA's cost analysis, which cannot see into the kernels' custom calls. Only tracing
+    inside the context is affected: trace a new function (a fresh `jax.jit`), since JAX
+    reuses the trace of a function it has seen.
+    """
+    token = _XLA_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _XLA_ONLY.reset(token)
 
 
 def supports(in_features: int, features: int, dtype: jnp.dtype) -> bool:

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from maffsrn_jax import profile, speed, xla_options
+from maffsrn_jax import cpu_conv, profile, speed, xla_options
 from maffsrn_jax.models import MAFFSRN
 
 REPO = Path(__file__).resolve().parents[1]
@@ -170,6 +170,21 @@ def test_cli_train_step_report(tiny_config, tmp_path):
     assert report["mode"] == "train"
     # The train step holds parameters, two Adam moments and the activations for backprop.
     assert report["peak_memory_bytes"] > 3 * 4 * report["params"]
+
+
+@pytest.mark.skipif(not cpu_conv.available(), reason="the AVX-512 kernels do not run here")
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "train"])
+def test_xla_cost_counts_the_work_of_the_cpu_kernels(train, monkeypatch):
+    # XLA's cost analysis sees the kernels' custom calls as free; the report takes it from the
+    # same program with XLA's convolutions, so it must equal a run without the kernels.
+    model = MAFFSRN(2, n_ffgs=1, n_mabs=2)
+    shape = (2, 13, 14, 3)
+    with_kernels = profile.profile_model(model, None, shape, train=train, repeats=0)
+    monkeypatch.setattr(cpu_conv, "supports", lambda *_: False)
+    monkeypatch.setattr(cpu_conv, "supports_pointwise", lambda *_: False)
+    without = profile.profile_model(model, None, shape, train=train, repeats=0)
+    assert with_kernels["flops"] == without["flops"]
+    assert with_kernels["bytes_accessed"] == without["bytes_accessed"]
 
 
 def test_cli_reports_the_xla_options_it_compiled_with(tiny_config, tmp_path):
