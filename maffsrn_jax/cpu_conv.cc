@@ -40,6 +40,7 @@ namespace {
 
 constexpr int kLanes = 16;       // floats per 512-bit register
 constexpr int kAccumulators = 24;  // of the 32 registers; the rest hold operands
+constexpr int kMaxChannels = 4 * kLanes;
 
 // Forward: P consecutive output pixels of one row, O = OV * 16 channels, as P * OV
 // accumulators. `base` points at input pixel (row h - 1 + first tap row, column w0 - 1);
@@ -87,13 +88,16 @@ MAFFSRN_AVX512 void ForwardNarrowBlock(int width, const float* base, int64_t row
   }
 }
 
-// Output rows [r0, r1) of the N * H rows. `scratch` holds (P + 2) * C * 3 floats.
+// Output rows [r0, r1) of the N * H rows, for C <= kMaxChannels input channels.
 template <int OV>
 MAFFSRN_AVX512 void ForwardRows(const float* x, const float* kernel, float* y, int64_t H,
-                                int64_t W, int C, int64_t r0, int64_t r1, float* scratch) {
+                                int64_t W, int C, int64_t r0, int64_t r1) {
   constexpr int P = kAccumulators / OV;
   constexpr int O = OV * kLanes;
   alignas(64) float tmp[P * O];
+  // On the stack, like every buffer a pool thread uses: a thread with its own malloc arena
+  // would map (and page-fault in) fresh memory for each chunk.
+  alignas(64) float scratch[(P + 2) * 3 * kMaxChannels];
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / H, h = r % H;
     const int first = h == 0 ? 1 : 0;
@@ -223,6 +227,16 @@ int64_t RowsPerChunk(int64_t W, int C, int O) {
 // Fixed number of partial kernel gradients: the sum order depends on the shape only.
 constexpr int64_t kGradChunks = 16;
 
+// `n` zeroed floats for partial sums, reused by later calls on this thread: allocated afresh,
+// they would be mapped and page-faulted in again on every call where the thread has its own
+// malloc arena (glibc unmaps a thread's heap as soon as it empties).
+float* PartialSums(int64_t n) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
+  std::fill_n(buffer.data(), n, 0.0f);
+  return buffer.data();
+}
+
 // out = the sum of `chunks` partials of `size` floats, added in order.
 void SumPartials(const float* partial, int64_t chunks, int64_t size, float* out) {
   std::memcpy(out, partial, sizeof(float) * size);
@@ -232,7 +246,7 @@ void SumPartials(const float* partial, int64_t chunks, int64_t size, float* out)
 
 ffi::Error CheckShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k) {
   if (x.size() != 4 || k.size() != 4 || k[0] != 3 || k[1] != 3 || k[2] != x[3] ||
-      k[3] % kLanes != 0 || k[3] < kLanes || k[3] > 4 * kLanes) {
+      x[3] > kMaxChannels || k[3] % kLanes != 0 || k[3] < kLanes || k[3] > kMaxChannels) {
     return ffi::Error::InvalidArgument("maffsrn_conv3x3: unsupported shapes");
   }
   return ffi::Error::Success();
@@ -266,9 +280,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   return DispatchOV(O, [&](auto ov) {
     constexpr int OV = decltype(ov)::value;
     ParallelFor(pool, chunks, [=](int64_t c) {
-      std::vector<float> scratch((kAccumulators / OV + 2) * 3 * static_cast<int64_t>(C));
-      ForwardRows<OV>(xp, kp, yp, H, W, C, c * step, std::min(rows, (c + 1) * step),
-                      scratch.data());
+      ForwardRows<OV>(xp, kp, yp, H, W, C, c * step, std::min(rows, (c + 1) * step));
     });
   });
 }
@@ -281,10 +293,9 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const int C = static_cast<int>(xd[3]), O = static_cast<int>(kd[3]);
   const int64_t rows = N * H, size = 9 * static_cast<int64_t>(C) * O;
   const int64_t chunks = std::max<int64_t>(1, std::min(rows, kGradChunks));
-  std::vector<float> partial(chunks * size, 0.0f);
   const float* xp = x.typed_data();
   const float* gp = dy.typed_data();
-  float* part = partial.data();
+  float* part = PartialSums(chunks * size);
   ffi::Error status = DispatchOV(O, [&](auto ov) {
     constexpr int OV = decltype(ov)::value;
     ParallelFor(pool, chunks, [=](int64_t c) {
@@ -312,10 +323,9 @@ ffi::Error PixelOuterSum(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buf
   }
   const int64_t size = static_cast<int64_t>(C) * O;
   const int64_t chunks = std::max<int64_t>(1, std::min(pixels, kGradChunks));
-  std::vector<float> partial(chunks * size, 0.0f);
   const float* ap = a.typed_data();
   const float* gp = g.typed_data();
-  float* part = partial.data();
+  float* part = PartialSums(chunks * size);
   ffi::Error status = DispatchOV(O, [&](auto ov) {
     constexpr int OV = decltype(ov)::value;
     constexpr int CB = kAccumulators / OV;
