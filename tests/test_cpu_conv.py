@@ -104,7 +104,7 @@ def test_layers_route_only_supported_convolutions_to_the_kernels():
 
 @needs_kernels
 def test_model_gradients_match_the_xla_convolution_path(monkeypatch):
-    model = MAFFSRN(scale=2, n_ffgs=1)
+    model = MAFFSRN(scale=2, n_ffgs=1, n_mabs=2)
     x = jnp.asarray(np.random.default_rng(0).random((2, 16, 18, 3), dtype=np.float32))
     target = jnp.asarray(np.random.default_rng(1).random((2, 32, 36, 3), dtype=np.float32))
     params = model.init(jax.random.key(0), x)["params"]

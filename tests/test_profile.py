@@ -173,16 +173,15 @@ def test_cli_train_step_report(tiny_config, tmp_path):
 
 
 @pytest.mark.skipif(not cpu_conv.available(), reason="the AVX-512 kernels do not run here")
-@pytest.mark.parametrize("train", [False, True], ids=["inference", "train"])
-def test_xla_cost_counts_the_work_of_the_cpu_kernels(train, monkeypatch):
+def test_xla_cost_counts_the_work_of_the_cpu_kernels(monkeypatch):
     # XLA's cost analysis sees the kernels' custom calls as free; the report takes it from the
     # same program with XLA's convolutions, so it must equal a run without the kernels.
     model = MAFFSRN(2, n_ffgs=1, n_mabs=2)
     shape = (2, 13, 14, 3)
-    with_kernels = profile.profile_model(model, None, shape, train=train, repeats=0)
+    with_kernels = profile.profile_model(model, None, shape, repeats=0)
     monkeypatch.setattr(cpu_conv, "supports", lambda *_: False)
     monkeypatch.setattr(cpu_conv, "supports_pointwise", lambda *_: False)
-    without = profile.profile_model(model, None, shape, train=train, repeats=0)
+    without = profile.profile_model(model, None, shape, repeats=0)
     assert with_kernels["flops"] == without["flops"]
     assert with_kernels["bytes_accessed"] == without["bytes_accessed"]
 
@@ -412,6 +411,21 @@ def test_speed_runs_each_framework_in_its_own_worker():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="needs a machine without a GPU")
+def test_speed_xla_conv_side_is_jax_without_the_cpu_kernels():
+    pytest.importorskip("torch")
+    results = speed.run_benchmarks(
+        only=("inference",), rounds=1, warmup=0, settings={"inference": TINY_SETTING},
+        steps=1, onnx=False, litert=False, xla_conv_side=True,
+    )
+    r, env = results["inference"], results["environment"]
+    assert len(r["jax_xla_conv_all_ms"]) == 1
+    assert r["agreement_jax_xla_conv"] < 1e-4  # the same model, other convolutions
+    assert env["jax_xla_conv_cpu_kernels"] is False
+    assert env["jax_cpu_kernels"] is cpu_conv.available()
+    table = speed.format_table(results)
+    assert "JAX/JAX, XLA convs" in table and "AVX-512 kernels (cpu_conv): JAX " in table
+
+
 def test_speed_on_a_missing_gpu_is_one_line(capsys):
     argv = ["--device", "gpu", "--only", "inference", "--repeats", "1", "--warmup", "0"]
     assert speed.main(argv) == 2

@@ -5,6 +5,7 @@
     python -m maffsrn_jax.speed --xla-defaults       # JAX without the package's XLA options
     python -m maffsrn_jax.speed --torch-keeps-freed-memory   # PyTorch with JAX's malloc setting
     python -m maffsrn_jax.speed --device gpu --inference-size 339x510 --torch-compile
+    python -m maffsrn_jax.speed --xla-conv-side      # also JAX without the AVX-512 kernels
 
 Benchmarks (the issue's settings):
   inference   x4 MAFFSRN on one 256x256 LR image (the AIM 2020 setting); PyTorch in eval
@@ -91,7 +92,8 @@ BENCHMARKS = ("inference", "train")
 # side); one untimed step is not always enough for the x2 train step.
 WARMUP = 3
 SIDES = ("jax", "torch")  # the optional sides follow: exported models, torch.compile
-OPTIONAL_SIDES = ("onnxruntime", "litert", "torch_compile")
+OPTIONAL_SIDES = ("onnxruntime", "litert", "torch_compile", "jax_xla_conv")
+JAX_SIDES = ("jax", "jax_xla_conv")  # the second without cpu_conv's kernels
 # What each exported-model side needs installed, as (module, what to say without it).
 _EXPORT_SIDE_NEEDS = {
     "onnxruntime": (
@@ -385,8 +387,13 @@ def _serve(conn, side: str, keep_freed: bool, job: Job) -> None:
     # First, before any framework starts threads (see xla_options.keep_freed_memory).
     kept = setup_malloc(malloc_defaults=not keep_freed)
     try:
-        if side == "jax":
+        if side in JAX_SIDES:
+            from maffsrn_jax import cpu_conv
+
+            if side == "jax_xla_conv":  # read when the model is first traced
+                os.environ[cpu_conv.OPT_OUT_ENV] = "0"
             run, first, env = _jax_run(job)
+            env = {**env, f"{side}_cpu_kernels": cpu_conv.available()}
         elif side == "onnxruntime":
             run, first, env = _onnx_run(job)
         elif side == "litert":
@@ -532,6 +539,7 @@ def run_benchmarks(
     onnx: bool = True,
     litert: bool = True,
     repeats: int | None = None,
+    xla_conv_side: bool = False,
 ) -> dict[str, Any]:
     """Runs the selected benchmarks; returns {name: timings + setting, ..., 'environment'}.
 
@@ -544,8 +552,9 @@ def run_benchmarks(
     ({'inference': INFERENCE, 'train': TRAIN}) per benchmark. `device` is 'cpu' or 'gpu'.
     `onnx` and `litert` add the sides 'onnxruntime' and 'litert' (the model exported to
     ONNX, and to TFLite at the benchmark's size) to inference where they can run (else the
-    reason is `<side>_skipped`); `torch_compile` adds 'torch_compile'. A failure to build an
-    optional side is recorded as `<side>_error` instead of its timings.
+    reason is `<side>_skipped`); `torch_compile` adds 'torch_compile'; `xla_conv_side` adds
+    'jax_xla_conv', JAX with XLA's own convolutions instead of `cpu_conv`'s kernels. A
+    failure to build an optional side is recorded as `<side>_error` instead of its timings.
     """
     if device not in DEVICES:
         raise SpeedError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
@@ -568,14 +577,17 @@ def run_benchmarks(
                     notes[f"{side}_skipped"] = missing
         if torch_compile:
             sides.append("torch_compile")
+        if xla_conv_side:
+            sides.append("jax_xla_conv")
         weights = initial_weights(setting, seed)
         job = Job(name, setting, weights, seed, compiler_options, dict(xla_overrides or {}), device)
         workers: dict[str, Worker] = {}
         try:
             for side in sides:  # one at a time: compiling is not what is timed
                 try:
-                    keep = jax_keeps_freed_memory if side == "jax" else torch_keeps_freed_memory
-                    framework = side in ("jax", "torch", "torch_compile")
+                    keep = (jax_keeps_freed_memory if side in JAX_SIDES
+                            else torch_keeps_freed_memory)
+                    framework = side in (*JAX_SIDES, "torch", "torch_compile")
                     workers[side] = Worker(side, keep and framework, job)
                 except SpeedError as e:
                     if side not in OPTIONAL_SIDES:
@@ -611,6 +623,7 @@ def run_benchmarks(
 
 _LABELS = {
     "jax": "JAX",
+    "jax_xla_conv": "JAX, XLA convs",
     "torch": "PyTorch",
     "onnxruntime": "ONNX Runtime",
     "litert": "LiteRT",
@@ -678,6 +691,12 @@ def format_table(results: dict[str, Any]) -> str:
             f"{label} {'yes' if env.get(f'{side}_malloc_keeps_freed_memory') else 'no'}"
             for side, label in (("jax", "JAX"), ("torch", "PyTorch"))
         )
+        + "; AVX-512 kernels (cpu_conv): "
+        + ", ".join(
+            f"{_LABELS[side]} {'yes' if env[f'{side}_cpu_kernels'] else 'no'}"
+            for side in JAX_SIDES
+            if f"{side}_cpu_kernels" in env
+        )
     )
     return "\n".join(rows)
 
@@ -708,6 +727,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="LR size of the inference benchmark (default 256x256)")
     p.add_argument("--torch-compile", action="store_true",
                    help="also time PyTorch with torch.compile(model), in a third worker")
+    p.add_argument("--xla-conv-side", action="store_true",
+                   help="also time JAX with XLA's own convolutions instead of the AVX-512 "
+                        "kernels (MAFFSRN_JAX_CPU_CONV=0), in another worker")
     add_runtime_arguments(p)
 
     def body() -> None:
@@ -740,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps,
             onnx=not args.no_onnx,
             litert=not args.no_litert,
+            xla_conv_side=args.xla_conv_side,
         )
         print(format_table(results))
         if args.json:
