@@ -224,17 +224,21 @@ int64_t RowsPerChunk(int64_t W, int C, int O) {
   return std::max<int64_t>(1, (1 << 21) / std::max<int64_t>(1, macs_per_row));
 }
 
-// Fixed number of partial kernel gradients: the sum order depends on the shape only.
+// Partial kernel gradients: a fixed number of chunks, so the sum order depends on the shape
+// only (`cpu_conv.py` sizes the workspace result that holds them by the same rule). The
+// workspace is an XLA buffer rather than a malloc here: a large allocation made on whichever
+// thread calls the handler would move the process's heap high-water mark at random moments,
+// and every step after that would page-fault its temporaries in again.
 constexpr int64_t kGradChunks = 16;
 
-// `n` zeroed floats for partial sums, reused by later calls on this thread: allocated afresh,
-// they would be mapped and page-faulted in again on every call where the thread has its own
-// malloc arena (glibc unmaps a thread's heap as soon as it empties).
-float* PartialSums(int64_t n) {
-  thread_local std::vector<float> buffer;
-  if (static_cast<int64_t>(buffer.size()) < n) buffer.resize(n);
-  std::fill_n(buffer.data(), n, 0.0f);
-  return buffer.data();
+int64_t GradChunks(int64_t units) { return std::max<int64_t>(1, std::min(units, kGradChunks)); }
+
+// The workspace, zeroed, or nullptr if it does not hold `n` floats.
+float* PartialSums(ffi::ResultBuffer<ffi::F32>& workspace, int64_t n) {
+  if (static_cast<int64_t>(workspace->element_count()) != n) return nullptr;
+  float* p = workspace->typed_data();
+  std::fill_n(p, n, 0.0f);
+  return p;
 }
 
 // out = the sum of `chunks` partials of `size` floats, added in order.
@@ -286,16 +290,18 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
 }
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                      ffi::ResultBuffer<ffi::F32> dk) {
+                      ffi::ResultBuffer<ffi::F32> dk,
+                      ffi::ResultBuffer<ffi::F32> workspace) {
   const auto xd = x.dimensions(), kd = dk->dimensions();
   if (ffi::Error e = CheckShapes(xd, kd); e.failure()) return e;
   const int64_t N = xd[0], H = xd[1], W = xd[2];
   const int C = static_cast<int>(xd[3]), O = static_cast<int>(kd[3]);
   const int64_t rows = N * H, size = 9 * static_cast<int64_t>(C) * O;
-  const int64_t chunks = std::max<int64_t>(1, std::min(rows, kGradChunks));
+  const int64_t chunks = GradChunks(rows);
   const float* xp = x.typed_data();
   const float* gp = dy.typed_data();
-  float* part = PartialSums(chunks * size);
+  float* part = PartialSums(workspace, chunks * size);
+  if (part == nullptr) return ffi::Error::InvalidArgument("maffsrn_cpu: workspace size");
   ffi::Error status = DispatchOV(O, [&](auto ov) {
     constexpr int OV = decltype(ov)::value;
     ParallelFor(pool, chunks, [=](int64_t c) {
@@ -311,7 +317,8 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
 // sum over pixels of a[p, c] * g[p, o] for a [..., C] and g [..., O]: the kernel gradient
 // of a 1x1 convolution, a.T @ g over flattened pixels.
 ffi::Error PixelOuterSum(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> g,
-                         ffi::ResultBuffer<ffi::F32> out) {
+                         ffi::ResultBuffer<ffi::F32> out,
+                         ffi::ResultBuffer<ffi::F32> workspace) {
   const auto ad = a.dimensions(), gd = g.dimensions(), od = out->dimensions();
   if (ad.size() < 1 || ad.size() != gd.size() || od.size() != 2) {
     return ffi::Error::InvalidArgument("maffsrn_pixel_outer_sum: unsupported shapes");
@@ -322,10 +329,11 @@ ffi::Error PixelOuterSum(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buf
     return ffi::Error::InvalidArgument("maffsrn_pixel_outer_sum: mismatched shapes");
   }
   const int64_t size = static_cast<int64_t>(C) * O;
-  const int64_t chunks = std::max<int64_t>(1, std::min(pixels, kGradChunks));
+  const int64_t chunks = GradChunks(pixels);
   const float* ap = a.typed_data();
   const float* gp = g.typed_data();
-  float* part = PartialSums(chunks * size);
+  float* part = PartialSums(workspace, chunks * size);
+  if (part == nullptr) return ffi::Error::InvalidArgument("maffsrn_cpu: workspace size");
   ffi::Error status = DispatchOV(O, [&](auto ov) {
     constexpr int OV = decltype(ov)::value;
     constexpr int CB = kAccumulators / OV;
@@ -351,6 +359,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MaffsrnPixelOuterSum, PixelOuterSum,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MaffsrnConv3x3Forward, Forward,
@@ -365,6 +374,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MaffsrnConv3x3KernelGrad, KernelGrad,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 // Whether this CPU runs the AVX-512 code above (the Python side asks before registering).

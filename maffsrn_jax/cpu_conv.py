@@ -25,6 +25,7 @@ import ctypes
 import functools
 import hashlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -44,6 +45,7 @@ _FORWARD = KERNEL_PREFIX + "conv3x3_forward"
 _KERNEL_GRAD = KERNEL_PREFIX + "conv3x3_kernel_grad"
 _OUTER_SUM = KERNEL_PREFIX + "pixel_outer_sum"
 _LANES = 16  # float32 lanes of an AVX-512 register; channel counts come in these
+_GRAD_CHUNKS = 16  # partial sums of a kernel gradient (`kGradChunks` in the source)
 _XLA_ONLY = contextvars.ContextVar("maffsrn_jax_cpu_conv_xla_only", default=False)
 
 
@@ -172,6 +174,19 @@ def _forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return jax.ffi.ffi_call(_FORWARD, out, vmap_method="sequential")(x, kernel)
 
 
+def _summed(target: str, shape: tuple[int, ...], units: int, *args: jax.Array) -> jax.Array:
+    """A kernel gradient from `target`, summed over `units` rows or pixels in fixed chunks.
+
+    The chunks' partial sums go to a second result, a workspace that XLA allocates with the
+    program's other temporaries.
+    """
+    _require()
+    chunks = max(1, min(units, _GRAD_CHUNKS))
+    out = jax.ShapeDtypeStruct(shape, jnp.float32)
+    workspace = jax.ShapeDtypeStruct((chunks * math.prod(shape),), jnp.float32)
+    return jax.ffi.ffi_call(target, (out, workspace), vmap_method="sequential")(*args)[0]
+
+
 @jax.custom_vjp
 def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """'Same' 3x3 convolution, stride 1: [N, H, W, C] x [3, 3, C, O] -> [N, H, W, O], float32.
@@ -191,8 +206,7 @@ def _conv3x3_bwd(residuals, g):
     # d/dx is the 'same' convolution of g with the kernel rotated by 180 degrees and its
     # input and output channels swapped.
     dx = _forward(g, jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)))
-    out = jax.ShapeDtypeStruct(kernel.shape, jnp.float32)
-    dk = jax.ffi.ffi_call(_KERNEL_GRAD, out, vmap_method="sequential")(x, g)
+    dk = _summed(_KERNEL_GRAD, kernel.shape, x.shape[0] * x.shape[1], x, g)
     return dx, dk
 
 
@@ -203,9 +217,7 @@ def _outer_sum(a: jax.Array, g: jax.Array) -> jax.Array:
     """a.T @ g over pixels, [P, C] x [P, O] -> [C, O]; O (or else C) in whole registers."""
     if not _whole_registers(g.shape[-1]):
         return _outer_sum(g, a).T
-    _require()
-    out = jax.ShapeDtypeStruct((a.shape[-1], g.shape[-1]), jnp.float32)
-    return jax.ffi.ffi_call(_OUTER_SUM, out, vmap_method="sequential")(a, g)
+    return _summed(_OUTER_SUM, (a.shape[-1], g.shape[-1]), math.prod(a.shape[:-1]), a, g)
 
 
 @jax.custom_vjp
