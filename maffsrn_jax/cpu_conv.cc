@@ -2,9 +2,9 @@
 //
 // XLA:CPU's own convolutions and matrix products run through Eigen with 256-bit vectors; on
 // cores with AVX-512 these register-blocked loops do the 3x3 convolution's forward pass and
-// both gradients in about half the time, and the 1x1 convolution's kernel gradient (a long
-// sum over pixels) in about a third. `cpu_conv.py` builds this file with the system C++
-// compiler and uses it only for float32 shapes whose channels fill whole 16-float registers.
+// both gradients, and the 1x1 convolution's kernel gradient (a long sum over pixels), in
+// much less time. `cpu_conv.py` builds this file with the system C++ compiler and uses it
+// only for float32 shapes whose channels fill whole 16-float registers.
 //
 // Layouts are row-major: x [N, H, W, C], kernel [3, 3, C, O] (HWIO), y [N, H, W, O].
 //   MaffsrnConv3x3Forward(x, kernel) -> y        'same' 3x3 convolution, stride 1
@@ -42,14 +42,63 @@ constexpr int kLanes = 16;       // floats per 512-bit register
 constexpr int kAccumulators = 24;  // of the 32 registers; the rest hold operands
 constexpr int kMaxChannels = 4 * kLanes;
 
+// A tile of R x OV accumulators: R rows of O = OV * 16 floats, O floats apart in memory.
+template <int R, int OV>
+using Tile = __m512[R][OV];
+
+template <int R, int OV>
+MAFFSRN_AVX512 inline void LoadTile(Tile<R, OV>& acc, const float* p) {
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < OV; ++v) acc[r][v] = _mm512_loadu_ps(p + (r * OV + v) * kLanes);
+}
+
+template <int R, int OV>
+MAFFSRN_AVX512 inline void StoreTile(const Tile<R, OV>& acc, float* p) {
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < OV; ++v) _mm512_storeu_ps(p + (r * OV + v) * kLanes, acc[r][v]);
+}
+
+// acc[r][v] += s[r * stride] * w[v]: the rank-one update both kernels are made of, R
+// broadcast scalars against OV vectors.
+template <int R, int OV>
+MAFFSRN_AVX512 inline void RankOneUpdate(Tile<R, OV>& acc, const float* s, int64_t stride,
+                                         const __m512 (&w)[OV]) {
+#pragma GCC unroll 32
+  for (int r = 0; r < R; ++r) {
+    const __m512 b = _mm512_set1_ps(s[r * stride]);
+#pragma GCC unroll 4
+    for (int v = 0; v < OV; ++v) acc[r][v] = _mm512_fmadd_ps(b, w[v], acc[r][v]);
+  }
+}
+
+template <int OV>
+MAFFSRN_AVX512 inline void LoadVectors(__m512 (&w)[OV], const float* p) {
+#pragma GCC unroll 4
+  for (int v = 0; v < OV; ++v) w[v] = _mm512_loadu_ps(p + v * kLanes);
+}
+
+// Calls f(std::integral_constant<int, n>{}) for a run-time 1 <= n <= K: the narrower tile
+// at the end of a row (or of the channels) gets a kernel instantiated for its size.
+template <int K, typename F>
+void WithConstant(int n, F&& f) {
+  if constexpr (K >= 1) {
+    if (n == K) return f(std::integral_constant<int, K>{});
+    WithConstant<K - 1>(n, f);
+  }
+}
+
 // Forward: P consecutive output pixels of one row, O = OV * 16 channels, as P * OV
 // accumulators. `base` points at input pixel (row h - 1 + first tap row, column w0 - 1);
 // pixels are C floats apart and rows `row_stride` floats apart. `taps` holds the kernel
 // rows in use (2 at the top and bottom image rows, where the third is padding).
 template <int P, int OV>
-MAFFSRN_AVX512 inline void ForwardBlock(const float* base, int64_t row_stride, int rows,
-                                        const float* taps, int C, float* out) {
-  __m512 acc[P][OV];
+MAFFSRN_AVX512 void ForwardBlock(const float* base, int64_t row_stride, int rows,
+                                 const float* taps, int C, float* out) {
+  Tile<P, OV> acc;
 #pragma GCC unroll 32
   for (int p = 0; p < P; ++p)
 #pragma GCC unroll 4
@@ -59,33 +108,13 @@ MAFFSRN_AVX512 inline void ForwardBlock(const float* base, int64_t row_stride, i
       const float* xr = base + i * row_stride + j * C;
       const float* wr = taps + (i * 3 + j) * C * OV * kLanes;
       for (int c = 0; c < C; ++c) {
-        __m512 wv[OV];
-#pragma GCC unroll 4
-        for (int v = 0; v < OV; ++v) wv[v] = _mm512_loadu_ps(wr + (c * OV + v) * kLanes);
-#pragma GCC unroll 32
-        for (int p = 0; p < P; ++p) {
-          const __m512 xb = _mm512_set1_ps(xr[p * C + c]);
-#pragma GCC unroll 4
-          for (int v = 0; v < OV; ++v) acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);
-        }
+        __m512 w[OV];
+        LoadVectors<OV>(w, wr + c * OV * kLanes);
+        RankOneUpdate<P, OV>(acc, xr + c, C, w);
       }
     }
   }
-#pragma GCC unroll 32
-  for (int p = 0; p < P; ++p)
-#pragma GCC unroll 4
-    for (int v = 0; v < OV; ++v) _mm512_storeu_ps(out + (p * OV + v) * kLanes, acc[p][v]);
-}
-
-// The last block of a row may be narrower than P; it is computed into `tmp` (P pixels)
-// by the kernel instantiated for its width.
-template <int OV, int K = kAccumulators / OV - 1>
-MAFFSRN_AVX512 void ForwardNarrowBlock(int width, const float* base, int64_t row_stride,
-                                       int rows, const float* taps, int C, float* out) {
-  if constexpr (K >= 1) {
-    if (width == K) return ForwardBlock<K, OV>(base, row_stride, rows, taps, C, out);
-    ForwardNarrowBlock<OV, K - 1>(width, base, row_stride, rows, taps, C, out);
-  }
+  StoreTile<P, OV>(acc, out);
 }
 
 // Output rows [r0, r1) of the N * H rows, for C <= kMaxChannels input channels.
@@ -125,48 +154,43 @@ MAFFSRN_AVX512 void ForwardRows(const float* x, const float* kernel, float* y, i
       float* out = y + ((n * H + h) * W + w0) * O;
       if (width == P) {
         ForwardBlock<P, OV>(base, row_stride, rows, taps, C, out);
-      } else {
-        ForwardNarrowBlock<OV>(width, base, row_stride, rows, taps, C, tmp);
+      } else {  // the narrower last block of a row, through `tmp`
+        WithConstant<P - 1>(width, [&](auto k) {
+          ForwardBlock<decltype(k)::value, OV>(base, row_stride, rows, taps, C, tmp);
+        });
         std::memcpy(out, tmp, sizeof(float) * width * O);
       }
     }
   }
 }
 
-// Kernel gradient of one tap over `pixels` pixels of a row, for CB input channels:
-// dk[c][o] += x[p][c] * dy[p][o], with CB * OV accumulators.
+// Kernel gradient over `pixels` pixels for CB input channels: dk[c][o] += x[p][c] * dy[p][o],
+// with CB * OV accumulators.
 template <int CB, int OV>
-MAFFSRN_AVX512 inline void KernelGradBlock(const float* xs, const float* dys, int64_t pixels,
-                                           int C, float* dk) {
-  constexpr int O = OV * kLanes;
-  __m512 acc[CB][OV];
-#pragma GCC unroll 32
-  for (int b = 0; b < CB; ++b)
-#pragma GCC unroll 4
-    for (int v = 0; v < OV; ++v) acc[b][v] = _mm512_loadu_ps(dk + b * O + v * kLanes);
+MAFFSRN_AVX512 void KernelGradBlock(const float* xs, const float* dys, int64_t pixels, int C,
+                                    float* dk) {
+  Tile<CB, OV> acc;
+  LoadTile<CB, OV>(acc, dk);
   for (int64_t p = 0; p < pixels; ++p) {
     __m512 g[OV];
-#pragma GCC unroll 4
-    for (int v = 0; v < OV; ++v) g[v] = _mm512_loadu_ps(dys + p * O + v * kLanes);
-#pragma GCC unroll 32
-    for (int b = 0; b < CB; ++b) {
-      const __m512 xb = _mm512_set1_ps(xs[p * C + b]);
-#pragma GCC unroll 4
-      for (int v = 0; v < OV; ++v) acc[b][v] = _mm512_fmadd_ps(xb, g[v], acc[b][v]);
-    }
+    LoadVectors<OV>(g, dys + p * OV * kLanes);
+    RankOneUpdate<CB, OV>(acc, xs + p * C, 1, g);
   }
-#pragma GCC unroll 32
-  for (int b = 0; b < CB; ++b)
-#pragma GCC unroll 4
-    for (int v = 0; v < OV; ++v) _mm512_storeu_ps(dk + b * O + v * kLanes, acc[b][v]);
+  StoreTile<CB, OV>(acc, dk);
 }
 
-template <int OV, int K = kAccumulators / OV - 1>
-MAFFSRN_AVX512 void KernelGradNarrowBlock(int channels, const float* xs, const float* dys,
-                                          int64_t pixels, int C, float* dk) {
-  if constexpr (K >= 1) {
-    if (channels == K) return KernelGradBlock<K, OV>(xs, dys, pixels, C, dk);
-    KernelGradNarrowBlock<OV, K - 1>(channels, xs, dys, pixels, C, dk);
+// All C input channels of KernelGradBlock: tiles of CB, then one narrower tile.
+template <int OV>
+MAFFSRN_AVX512 void KernelGradChannels(const float* xs, const float* dys, int64_t pixels,
+                                       int C, float* dk) {
+  constexpr int CB = kAccumulators / OV;
+  constexpr int O = OV * kLanes;
+  int c0 = 0;
+  for (; c0 + CB <= C; c0 += CB) KernelGradBlock<CB, OV>(xs + c0, dys, pixels, C, dk + c0 * O);
+  if (c0 < C) {
+    WithConstant<CB - 1>(C - c0, [&](auto k) {
+      KernelGradBlock<decltype(k)::value, OV>(xs + c0, dys, pixels, C, dk + c0 * O);
+    });
   }
 }
 
@@ -174,7 +198,6 @@ MAFFSRN_AVX512 void KernelGradNarrowBlock(int channels, const float* xs, const f
 template <int OV>
 MAFFSRN_AVX512 void KernelGradRows(const float* x, const float* dy, float* dk, int64_t H,
                                    int64_t W, int C, int64_t r0, int64_t r1) {
-  constexpr int CB = kAccumulators / OV;
   constexpr int O = OV * kLanes;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / H, h = r % H;
@@ -187,10 +210,7 @@ MAFFSRN_AVX512 void KernelGradRows(const float* x, const float* dy, float* dk, i
         if (hi <= lo) continue;
         const float* xs = x + ((n * H + ih) * W + lo + j - 1) * C;
         const float* dys = dy + ((n * H + h) * W + lo) * O;
-        float* tap = dk + (i * 3 + j) * C * O;
-        int c0 = 0;
-        for (; c0 + CB <= C; c0 += CB) KernelGradBlock<CB, OV>(xs + c0, dys, hi - lo, C, tap + c0 * O);
-        if (c0 < C) KernelGradNarrowBlock<OV>(C - c0, xs + c0, dys, hi - lo, C, tap + c0 * O);
+        KernelGradChannels<OV>(xs, dys, hi - lo, C, dk + (i * 3 + j) * C * O);
       }
     }
   }
@@ -336,15 +356,9 @@ ffi::Error PixelOuterSum(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buf
   if (part == nullptr) return ffi::Error::InvalidArgument("maffsrn_cpu: workspace size");
   ffi::Error status = DispatchOV(O, [&](auto ov) {
     constexpr int OV = decltype(ov)::value;
-    constexpr int CB = kAccumulators / OV;
     ParallelFor(pool, chunks, [=](int64_t c) {
       const int64_t p0 = pixels * c / chunks, p1 = pixels * (c + 1) / chunks;
-      const float* as = ap + p0 * C;
-      const float* gs = gp + p0 * O;
-      float* dk = part + c * size;
-      int c0 = 0;
-      for (; c0 + CB <= C; c0 += CB) KernelGradBlock<CB, OV>(as + c0, gs, p1 - p0, C, dk + c0 * O);
-      if (c0 < C) KernelGradNarrowBlock<OV>(C - c0, as + c0, gs, p1 - p0, C, dk + c0 * O);
+      KernelGradChannels<OV>(ap + p0 * C, gp + p0 * O, p1 - p0, C, part + c * size);
     });
   });
   if (status.failure()) return status;

@@ -1,10 +1,11 @@
-"""The 3x3 convolutions of MAFFSRN on XLA:CPU as AVX-512 kernels (`cpu_conv.cc`), when they run.
+"""MAFFSRN's 3x3 convolutions and 1x1 kernel gradients on XLA:CPU as AVX-512 kernels.
 
-XLA:CPU convolves through Eigen with 256-bit vectors. MAFFSRN spends about half of a CPU
-train step in its 3x3 convolutions of 32 channels, and Eigen's input and kernel gradients
-take about three times its forward pass. The kernels in `cpu_conv.cc` use AVX-512 and do the
-forward pass and both gradients together in about half of Eigen's time
-(docs/performance.md).
+XLA:CPU convolves through Eigen with 256-bit vectors. MAFFSRN spends most of a CPU train step
+in its 3x3 convolutions of 32 channels, whose input and kernel gradients Eigen runs at about a
+third of its forward speed, and in 1x1 kernel gradients, long sums over pixels into a few
+channels. The register-blocked AVX-512 loops of `cpu_conv.cc` do these in much less time
+(measurements in docs/performance.md; `python -m maffsrn_jax.speed --xla-conv-side` times the
+model with and without them).
 
 The C++ source ships with the package and is compiled on first use with the system C++
 compiler (`$CXX`, else `c++`) against jaxlib's XLA FFI headers. The library is cached under
