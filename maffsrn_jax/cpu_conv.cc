@@ -368,28 +368,16 @@ ffi::Error PixelOuterSum(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buf
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MaffsrnPixelOuterSum, PixelOuterSum,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+// Every handler takes XLA's thread pool and two float32 arrays; the kernel gradients also
+// return their workspace of partial sums.
+using F32 = ffi::Buffer<ffi::F32>;
+auto TwoInputs() { return ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>(); }
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MaffsrnConv3x3Forward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MaffsrnConv3x3Forward, Forward, TwoInputs().Ret<F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MaffsrnConv3x3KernelGrad, KernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              TwoInputs().Ret<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MaffsrnPixelOuterSum, PixelOuterSum,
+                              TwoInputs().Ret<F32>().Ret<F32>());
 
 // Whether this CPU runs the AVX-512 code above (the Python side asks before registering).
 extern "C" int MaffsrnConv3x3Supported() {
