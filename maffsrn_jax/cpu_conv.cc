@@ -309,6 +309,25 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   });
 }
 
+// A kernel gradient of `size` floats summed over `units` rows or pixels: body(ov, u0, u1,
+// partial) adds units [u0, u1) into one chunk's zeroed partial sum, and the chunks' sums are
+// then added in order into `out`.
+template <typename Body>
+ffi::Error SumOverChunks(ffi::ThreadPool& pool, int O, int64_t units, int64_t size,
+                         ffi::ResultBuffer<ffi::F32>& workspace, float* out, Body body) {
+  const int64_t chunks = GradChunks(units);
+  float* part = PartialSums(workspace, chunks * size);
+  if (part == nullptr) return ffi::Error::InvalidArgument("maffsrn_cpu: workspace size");
+  ffi::Error status = DispatchOV(O, [&](auto ov) {
+    ParallelFor(pool, chunks, [=](int64_t c) {
+      body(ov, units * c / chunks, units * (c + 1) / chunks, part + c * size);
+    });
+  });
+  if (status.failure()) return status;
+  SumPartials(part, chunks, size, out);
+  return ffi::Error::Success();
+}
+
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                       ffi::ResultBuffer<ffi::F32> dk,
                       ffi::ResultBuffer<ffi::F32> workspace) {
@@ -316,22 +335,12 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   if (ffi::Error e = CheckShapes(xd, kd); e.failure()) return e;
   const int64_t N = xd[0], H = xd[1], W = xd[2];
   const int C = static_cast<int>(xd[3]), O = static_cast<int>(kd[3]);
-  const int64_t rows = N * H, size = 9 * static_cast<int64_t>(C) * O;
-  const int64_t chunks = GradChunks(rows);
   const float* xp = x.typed_data();
   const float* gp = dy.typed_data();
-  float* part = PartialSums(workspace, chunks * size);
-  if (part == nullptr) return ffi::Error::InvalidArgument("maffsrn_cpu: workspace size");
-  ffi::Error status = DispatchOV(O, [&](auto ov) {
-    constexpr int OV = decltype(ov)::value;
-    ParallelFor(pool, chunks, [=](int64_t c) {
-      KernelGradRows<OV>(xp, gp, part + c * size, H, W, C, rows * c / chunks,
-                         rows * (c + 1) / chunks);
-    });
-  });
-  if (status.failure()) return status;
-  SumPartials(part, chunks, size, dk->typed_data());
-  return ffi::Error::Success();
+  return SumOverChunks(pool, O, N * H, 9 * static_cast<int64_t>(C) * O, workspace,
+                       dk->typed_data(), [=](auto ov, int64_t r0, int64_t r1, float* partial) {
+                         KernelGradRows<decltype(ov)::value>(xp, gp, partial, H, W, C, r0, r1);
+                       });
 }
 
 // sum over pixels of a[p, c] * g[p, o] for a [..., C] and g [..., O]: the kernel gradient
@@ -348,22 +357,13 @@ ffi::Error PixelOuterSum(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buf
   if (od[0] != C || od[1] != O || static_cast<int64_t>(g.element_count()) != pixels * O) {
     return ffi::Error::InvalidArgument("maffsrn_pixel_outer_sum: mismatched shapes");
   }
-  const int64_t size = static_cast<int64_t>(C) * O;
-  const int64_t chunks = GradChunks(pixels);
   const float* ap = a.typed_data();
   const float* gp = g.typed_data();
-  float* part = PartialSums(workspace, chunks * size);
-  if (part == nullptr) return ffi::Error::InvalidArgument("maffsrn_cpu: workspace size");
-  ffi::Error status = DispatchOV(O, [&](auto ov) {
-    constexpr int OV = decltype(ov)::value;
-    ParallelFor(pool, chunks, [=](int64_t c) {
-      const int64_t p0 = pixels * c / chunks, p1 = pixels * (c + 1) / chunks;
-      KernelGradChannels<OV>(ap + p0 * C, gp + p0 * O, p1 - p0, C, part + c * size);
-    });
-  });
-  if (status.failure()) return status;
-  SumPartials(part, chunks, size, out->typed_data());
-  return ffi::Error::Success();
+  return SumOverChunks(pool, O, pixels, static_cast<int64_t>(C) * O, workspace,
+                       out->typed_data(), [=](auto ov, int64_t p0, int64_t p1, float* partial) {
+                         KernelGradChannels<decltype(ov)::value>(ap + p0 * C, gp + p0 * O,
+                                                                 p1 - p0, C, partial);
+                       });
 }
 
 }  // namespace
