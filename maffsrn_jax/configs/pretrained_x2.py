@@ -15,7 +15,7 @@ last fifth trains at 6.25e-5.
 
 from maffsrn_jax.configs import default
 
-STEPS = 8_000
+STEPS = 5_000
 
 
 def get_config():
