@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
