@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from maffsrn_jax.errors import Error, first_line
@@ -50,8 +52,13 @@ def manager(
 ) -> ocp.CheckpointManager:
     """A CheckpointManager with this project's two items.
 
-    With `best_metric`, it keeps the `max_to_keep` checkpoints with the highest metric.
+    With `best_metric`, it keeps the `max_to_keep` checkpoints with the highest metric. A
+    `read_only` one belongs to this process alone: in a multi-host run process 0 reads the
+    checkpoints by itself while the others wait (`train_loop.recover`), so it must not wait
+    for them at Orbax's barriers.
     """
+    alone = ocp.options.MultiprocessingOptions(
+        primary_host=jax.process_index(), active_processes={jax.process_index()})
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         best_fn=(lambda m: m[best_metric]) if best_metric else None,
@@ -62,6 +69,7 @@ def manager(
         read_only=read_only,
         # Orbax warns when a read-only manager keeps a save interval; it has nothing to save.
         save_interval_steps=0 if read_only else 1,
+        **({"multiprocessing_options": alone} if read_only else {}),
     )
     return ocp.CheckpointManager(
         Path(directory).absolute(), options=options, item_names=(STATE, MODEL)
@@ -135,11 +143,9 @@ def restore(
                     f"{root}: no checkpoint at step {step} (have {sorted(steps)})"
                 )
             items = {STATE: state_args, MODEL: ocp.args.JsonRestore()}
-            # Before the restore, not after a failure: a read left behind by a failure can
-            # be collected while the error is still on its way out of Orbax.
-            _ignore_late_tensorstore_callbacks()
             try:
-                restored = mngr.restore(step, args=ocp.args.Composite(**items))
+                with _quiet_failed_reads():
+                    restored = mngr.restore(step, args=ocp.args.Composite(**items))
             except (ValueError, KeyError, FileNotFoundError, OSError) as e:
                 raise CheckpointError(
                     f"{root}/{step}: unreadable checkpoint ({_short(first_line(e))})"
@@ -243,30 +249,58 @@ def remove_unfinished(root: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _ignore_late_tensorstore_callbacks() -> None:
-    """Silences the reads a failed restore leaves in flight.
+@contextlib.contextmanager
+def _quiet_failed_reads() -> Iterator[None]:
+    """Silences, for one restore, the reads its failure leaves in flight.
 
     When one read of a damaged step fails, Orbax closes its event loop while TensorStore
-    still completes the step's other reads. Each of them fails later, long after the failure
-    was reported in one line, in one of two ways: the completion cannot reach the closed loop
+    still completes the step's other reads. Each of them then fails after the failure was
+    reported in one line, in one of two ways: the completion cannot reach the closed loop
     ("Event loop is closed", printed through `sys.unraisablehook`), or the read's task is
     garbage-collected holding its error and asyncio logs "Task exception was never retrieved"
-    with a traceback. Only those two are dropped: other unraisable errors and asyncio records
-    still get through. A restore that succeeds leaves neither.
+    with a traceback. Only those two are dropped, and only until the context exits: after a
+    failure it first waits for the stragglers (they arrive within milliseconds of it) and
+    collects the failed tasks, then puts the hook and the asyncio logger back as they were.
+    A restore that succeeds leaves neither.
     """
     previous = sys.unraisablehook
-    if getattr(previous, "_drops_closed_loop", False):
-        return
+    last_drop = [time.monotonic()]
 
     def hook(unraisable: Any) -> None:
         exc = unraisable.exc_value
         if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            last_drop[0] = time.monotonic()
             return
         previous(unraisable)
 
-    hook._drops_closed_loop = True  # type: ignore[attr-defined]
+    asyncio_logger = logging.getLogger("asyncio")
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_drop_unretrieved_tensorstore_errors)
+    asyncio_logger.addFilter(_drop_unretrieved_tensorstore_errors)
+    try:
+        yield
+    except BaseException:
+        _settle(last_drop)
+        raise
+    finally:
+        if sys.unraisablehook is hook:  # else someone replaced it meanwhile: theirs stays
+            sys.unraisablehook = previous
+        asyncio_logger.removeFilter(_drop_unretrieved_tensorstore_errors)
+
+
+# After a failed restore: how long without a straggler counts as all of them in, and the most
+# a failure waits for that (the reads are of local files; a busy machine slows them).
+_QUIET_S, _SETTLE_MAX_S = 0.2, 3.0
+
+
+def _settle(last_drop: list[float]) -> None:
+    """Waits until the reads a failed restore left in flight have all failed, then collects
+    their tasks, so that both kinds of noise reach `_quiet_failed_reads` while it listens."""
+    start = time.monotonic()
+    while time.monotonic() - start < _SETTLE_MAX_S:
+        if time.monotonic() - max(last_drop[0], start) >= _QUIET_S:
+            break
+        time.sleep(_QUIET_S / 4)
+    gc.collect()  # a failed read's task logs its unretrieved error when it is collected
 
 
 def _drop_unretrieved_tensorstore_errors(record: logging.LogRecord) -> bool:

@@ -26,7 +26,9 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -253,9 +255,8 @@ constexpr int64_t kGradChunks = 16;
 
 int64_t GradChunks(int64_t units) { return std::max<int64_t>(1, std::min(units, kGradChunks)); }
 
-// The workspace, zeroed, or nullptr if it does not hold `n` floats.
+// The workspace, zeroed.
 float* PartialSums(ffi::ResultBuffer<ffi::F32>& workspace, int64_t n) {
-  if (static_cast<int64_t>(workspace->element_count()) != n) return nullptr;
   float* p = workspace->typed_data();
   std::fill_n(p, n, 0.0f);
   return p;
@@ -268,32 +269,55 @@ void SumPartials(const float* partial, int64_t chunks, int64_t size, float* out)
     for (int64_t e = 0; e < size; ++e) out[e] += partial[c * size + e];
 }
 
-ffi::Error CheckShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k) {
-  if (x.size() != 4 || k.size() != 4 || k[0] != 3 || k[1] != 3 || k[2] != x[3] ||
-      x[3] > kMaxChannels || k[3] % kLanes != 0 || k[3] < kLanes || k[3] > kMaxChannels) {
-    return ffi::Error::InvalidArgument("maffsrn_conv3x3: unsupported shapes");
+// Shape checks. Python sizes every buffer, but a handler only touches memory after it has
+// checked that each buffer it reads or writes has exactly the dimensions it assumes.
+
+bool Is(ffi::Span<const int64_t> dims, std::initializer_list<int64_t> want) {
+  return dims.size() == want.size() && std::equal(want.begin(), want.end(), dims.begin());
+}
+
+bool WholeRegisters(int64_t channels) {
+  return channels % kLanes == 0 && channels >= kLanes && channels <= kMaxChannels;
+}
+
+ffi::Error Mismatch(const char* what) {
+  return ffi::Error::InvalidArgument(std::string("maffsrn_cpu: ") + what);
+}
+
+// x [N, H, W, C] with 1 <= C <= kMaxChannels.
+ffi::Error CheckImages(ffi::Span<const int64_t> x) {
+  if (x.size() != 4 || x[3] < 1 || x[3] > kMaxChannels) {
+    return Mismatch("x must be [N, H, W, C] with 1 to 64 channels");
   }
   return ffi::Error::Success();
 }
 
+// The workspace of a kernel gradient: one row of `size` floats per chunk of `units`.
+ffi::Error CheckWorkspace(ffi::Span<const int64_t> workspace, int64_t units, int64_t size) {
+  if (!Is(workspace, {GradChunks(units) * size})) return Mismatch("workspace size");
+  return ffi::Error::Success();
+}
+
 template <typename F>
-ffi::Error DispatchOV(int O, F f) {
+void DispatchOV(int O, F f) {
   switch (O / kLanes) {
     case 1: f(std::integral_constant<int, 1>{}); break;
     case 2: f(std::integral_constant<int, 2>{}); break;
     case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    default: return ffi::Error::InvalidArgument("maffsrn_conv3x3: unsupported channels");
+    default: f(std::integral_constant<int, 4>{}); break;  // O is checked to be 16 to 64
   }
-  return ffi::Error::Success();
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
                    ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), kd = kernel.dimensions();
-  if (ffi::Error e = CheckShapes(xd, kd); e.failure()) return e;
+  if (ffi::Error e = CheckImages(xd); e.failure()) return e;
   const int64_t N = xd[0], H = xd[1], W = xd[2];
+  if (kd.size() != 4 || !WholeRegisters(kd[3]) || !Is(kd, {3, 3, xd[3], kd[3]})) {
+    return Mismatch("kernel must be [3, 3, C, O] with O of 16 to 64 in steps of 16");
+  }
   const int C = static_cast<int>(xd[3]), O = static_cast<int>(kd[3]);
+  if (!Is(y->dimensions(), {N, H, W, O})) return Mismatch("y must be [N, H, W, O]");
   const int64_t rows = N * H;
   if (rows == 0 || W == 0) return ffi::Error::Success();
   const int64_t step = RowsPerChunk(W, C, O);
@@ -301,46 +325,51 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   const float* xp = x.typed_data();
   const float* kp = kernel.typed_data();
   float* yp = y->typed_data();
-  return DispatchOV(O, [&](auto ov) {
+  DispatchOV(O, [&](auto ov) {
     constexpr int OV = decltype(ov)::value;
     ParallelFor(pool, chunks, [=](int64_t c) {
       ForwardRows<OV>(xp, kp, yp, H, W, C, c * step, std::min(rows, (c + 1) * step));
     });
   });
+  return ffi::Error::Success();
 }
 
 // A kernel gradient of `size` floats summed over `units` rows or pixels: body(ov, u0, u1,
 // partial) adds units [u0, u1) into one chunk's zeroed partial sum, and the chunks' sums are
-// then added in order into `out`.
+// then added in order into `out`. The caller has checked the workspace's size.
 template <typename Body>
-ffi::Error SumOverChunks(ffi::ThreadPool& pool, int O, int64_t units, int64_t size,
-                         ffi::ResultBuffer<ffi::F32>& workspace, float* out, Body body) {
+void SumOverChunks(ffi::ThreadPool& pool, int O, int64_t units, int64_t size,
+                   ffi::ResultBuffer<ffi::F32>& workspace, float* out, Body body) {
   const int64_t chunks = GradChunks(units);
   float* part = PartialSums(workspace, chunks * size);
-  if (part == nullptr) return ffi::Error::InvalidArgument("maffsrn_cpu: workspace size");
-  ffi::Error status = DispatchOV(O, [&](auto ov) {
+  DispatchOV(O, [&](auto ov) {
     ParallelFor(pool, chunks, [=](int64_t c) {
       body(ov, units * c / chunks, units * (c + 1) / chunks, part + c * size);
     });
   });
-  if (status.failure()) return status;
   SumPartials(part, chunks, size, out);
-  return ffi::Error::Success();
 }
 
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
                       ffi::ResultBuffer<ffi::F32> dk,
                       ffi::ResultBuffer<ffi::F32> workspace) {
-  const auto xd = x.dimensions(), kd = dk->dimensions();
-  if (ffi::Error e = CheckShapes(xd, kd); e.failure()) return e;
+  const auto xd = x.dimensions(), gd = dy.dimensions(), kd = dk->dimensions();
+  if (ffi::Error e = CheckImages(xd); e.failure()) return e;
   const int64_t N = xd[0], H = xd[1], W = xd[2];
-  const int C = static_cast<int>(xd[3]), O = static_cast<int>(kd[3]);
+  if (gd.size() != 4 || !WholeRegisters(gd[3]) || !Is(gd, {N, H, W, gd[3]})) {
+    return Mismatch("dy must be [N, H, W, O] with O of 16 to 64 in steps of 16");
+  }
+  const int C = static_cast<int>(xd[3]), O = static_cast<int>(gd[3]);
+  if (!Is(kd, {3, 3, C, O})) return Mismatch("dkernel must be [3, 3, C, O]");
+  const int64_t size = 9 * static_cast<int64_t>(C) * O;
+  if (ffi::Error e = CheckWorkspace(workspace->dimensions(), N * H, size); e.failure()) return e;
   const float* xp = x.typed_data();
   const float* gp = dy.typed_data();
-  return SumOverChunks(pool, O, N * H, 9 * static_cast<int64_t>(C) * O, workspace,
-                       dk->typed_data(), [=](auto ov, int64_t r0, int64_t r1, float* partial) {
-                         KernelGradRows<decltype(ov)::value>(xp, gp, partial, H, W, C, r0, r1);
-                       });
+  SumOverChunks(pool, O, N * H, size, workspace, dk->typed_data(),
+                [=](auto ov, int64_t r0, int64_t r1, float* partial) {
+                  KernelGradRows<decltype(ov)::value>(xp, gp, partial, H, W, C, r0, r1);
+                });
+  return ffi::Error::Success();
 }
 
 // sum over pixels of a[p, c] * g[p, o] for a [..., C] and g [..., O]: the kernel gradient
@@ -348,22 +377,28 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
 ffi::Error PixelOuterSum(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> g,
                          ffi::ResultBuffer<ffi::F32> out,
                          ffi::ResultBuffer<ffi::F32> workspace) {
-  const auto ad = a.dimensions(), gd = g.dimensions(), od = out->dimensions();
-  if (ad.size() < 1 || ad.size() != gd.size() || od.size() != 2) {
-    return ffi::Error::InvalidArgument("maffsrn_pixel_outer_sum: unsupported shapes");
+  const auto ad = a.dimensions(), gd = g.dimensions();
+  if (ad.size() < 1 || ad.size() != gd.size() ||
+      !std::equal(ad.begin(), ad.end() - 1, gd.begin())) {
+    return Mismatch("a and g must be [..., C] and [..., O] over the same pixels");
   }
+  // C is only a stride here; the bound keeps it an int and the partial sums small.
+  if (ad.back() < 1 || ad.back() > (1 << 16)) return Mismatch("a must have 1 to 65536 channels");
+  if (!WholeRegisters(gd.back())) return Mismatch("g must have 16 to 64 channels in steps of 16");
   const int C = static_cast<int>(ad.back()), O = static_cast<int>(gd.back());
-  const int64_t pixels = C == 0 ? 0 : static_cast<int64_t>(a.element_count()) / C;
-  if (od[0] != C || od[1] != O || static_cast<int64_t>(g.element_count()) != pixels * O) {
-    return ffi::Error::InvalidArgument("maffsrn_pixel_outer_sum: mismatched shapes");
-  }
+  if (!Is(out->dimensions(), {C, O})) return Mismatch("the result must be [C, O]");
+  int64_t pixels = 1;
+  for (size_t i = 0; i + 1 < ad.size(); ++i) pixels *= ad[i];
+  const int64_t size = static_cast<int64_t>(C) * O;
+  if (ffi::Error e = CheckWorkspace(workspace->dimensions(), pixels, size); e.failure()) return e;
   const float* ap = a.typed_data();
   const float* gp = g.typed_data();
-  return SumOverChunks(pool, O, pixels, static_cast<int64_t>(C) * O, workspace,
-                       out->typed_data(), [=](auto ov, int64_t p0, int64_t p1, float* partial) {
-                         KernelGradChannels<decltype(ov)::value>(ap + p0 * C, gp + p0 * O,
-                                                                 p1 - p0, C, partial);
-                       });
+  SumOverChunks(pool, O, pixels, size, workspace, out->typed_data(),
+                [=](auto ov, int64_t p0, int64_t p1, float* partial) {
+                  KernelGradChannels<decltype(ov)::value>(ap + p0 * C, gp + p0 * O, p1 - p0, C,
+                                                          partial);
+                });
+  return ffi::Error::Success();
 }
 
 }  // namespace

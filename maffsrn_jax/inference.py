@@ -2,7 +2,8 @@
 
 `upscale_array(model, variables, image, tile=..., overlap=..., self_ensemble=...)` takes one
 float RGB image [H, W, 3] in [0, 1] of any size from 1x1 up and returns [sH, sW, 3] float32
-(unclipped, like the model). Three layers, each usable with any `fn: [h, w, 3] -> [sh, sw, 3]`:
+(unclipped, like the model). `jit_apply(model)` is the compiled model itself (also exported as
+`maffsrn_jax.jit_apply`). Three layers, each usable with any `fn: [h, w, 3] -> [sh, sw, 3]`:
 
 - `model_fn`: the jitted model on one image, padded to the model's 13x13 minimum by edge
   replication and cropped back (the ESA max pool cannot run on less).
@@ -60,10 +61,21 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
+def jit_apply(model: Any) -> Callable[[Any, Any], jax.Array]:
+    """`jax.jit(model.apply)` compiled with the package's XLA options: `(variables, x) -> y`.
+
+    The same results as a plain `jax.jit(model.apply)`. On CPU this jaxlib's XLA hands the
+    convolutions and dots to YNNPACK fusions that run on one thread; the options
+    (`xla_options.compiler_options()`) keep them on XLA's multi-threaded kernels, for this
+    program only. Elsewhere there are none and it is a plain jit.
+    """
+    return jax.jit(model.apply, compiler_options=xla_options.compiler_options())
+
+
 @functools.lru_cache(maxsize=8)
 def _jitted_apply(model: Any) -> Callable[..., jax.Array]:
     # Flax modules hash by their fields, so equal models share one compiled function.
-    return jax.jit(model.apply, compiler_options=xla_options.compiler_options())
+    return jit_apply(model)
 
 
 def model_fn(model: Any, variables: Any) -> UpscaleFn:

@@ -4,7 +4,8 @@
 `nn.Conv2d` (HWIO kernel, bias, optional weight-norm gain), its initialisation is PyTorch's,
 and on XLA:CPU it routes the shapes MAFFSRN uses through hand-written kernels (1x1 as
 matmuls, depthwise as shifted multiply-adds, bias gradients as matrix-vector products,
-3x3 convolutions and 1x1 kernel gradients on the AVX-512 kernels of `cpu_conv`), each with
+3x3 convolutions and 1x1 kernel gradients on the AVX-512 kernels of `cpu_conv`, which are
+chosen when the program is lowered and become XLA's own ops on other platforms), each with
 the reason beside it. Every path computes the same function as
 `jax.lax.conv_general_dilated`.
 """
@@ -110,7 +111,8 @@ class Conv(nn.Module):
         ):
             y = _depthwise(parts[0].astype(self.dtype), kernel, pad, self.dilation)
         elif (
-            # Eigen's 256-bit convolution is most of a CPU train step; see `cpu_conv`.
+            # Eigen's 256-bit convolution is most of a CPU train step; see `cpu_conv` (which
+            # lowers to XLA's convolution off XLA:CPU or where its kernels cannot run).
             k == 3
             and self.stride == self.dilation == self.groups == 1
             and pad == 1

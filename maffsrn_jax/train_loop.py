@@ -287,7 +287,8 @@ def _train(config, model, tx, state, train_iter, outputs: _Outputs, stop: _StopS
                     )
                     break
             progress.update(1)
-            if stop.requested():
+            # Across processes the check is a collective: made at log steps only.
+            if stop.requested(sync=due(config.log_every_steps)):
                 break
             if due(config.checkpoint_every_steps):
                 outputs.save(step, host())
@@ -321,11 +322,16 @@ class _StopSignal:
         for s, h in self._old.items():
             signal.signal(s, h)
 
-    def requested(self) -> bool:
+    def requested(self, sync: bool = True) -> bool:
+        """Whether to stop now. One process reads its own signal at every step. Several must
+        leave the loop at the same step, or the others hang in pmean: they agree through a
+        collective, which only calls with `sync` make (every process at the same steps);
+        the others return False."""
         local = self.signum is not None
         if jax.process_count() == 1:
             return local
-        # Every process must leave the loop at the same step, or the others hang in pmean.
+        if not sync:
+            return False
         from jax.experimental import multihost_utils
 
         return bool(np.any(multihost_utils.process_allgather(np.array(local))))
@@ -481,56 +487,104 @@ def warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def recover(workdir: Path):
+# How long the other processes wait for process 0 to finish `recover` (it reads checkpoints;
+# on a slow shared disk that can take minutes) before deciding it has died or hung.
+RECOVERY_TIMEOUT_S = 600.0
+_RECOVERY_KEY = "maffsrn_jax/recover/{}"
+_recoveries = 0  # per process: every process of a run calls `recover` equally often
+
+
+def recover(workdir: Path, timeout_s: float = RECOVERY_TIMEOUT_S):
     """Makes `workdir`'s checkpoints resumable and reads the newest intact step.
 
     Process 0 removes unfinished checkpoint writes, skips damaged steps (moving them to
     `workdir/damaged/`, since the resumed run saves those step numbers again) and warns once
     per fault; the other processes then read the step it chose. Raises `TrainingError`,
-    leaving everything in place, when steps exist but none is intact. Returns a
-    `checkpoints.Scan` (`step` None: start afresh).
+    leaving everything in place, when steps exist but none is intact (on every process), and
+    on the other processes when process 0 has not finished within `timeout_s` seconds (it
+    died or hangs). Returns a `checkpoints.Scan` (`step` None: start afresh).
     """
+    if jax.process_count() == 1:
+        return _recover_here(workdir)
+    global _recoveries
+    _recoveries += 1
+    key = _RECOVERY_KEY.format(_recoveries)
+    if jax.process_index() == 0:
+        try:
+            found = _recover_here(workdir)
+        except BaseException as e:
+            _publish(key, {"error": str(e) if isinstance(e, Error) else None})
+            raise
+        _publish(key, {"step": found.step})
+        return found
+    outcome = _wait_for(key, timeout_s)
+    if "error" in outcome:
+        raise TrainingError(outcome["error"] or "process 0 failed while recovering "
+                            f"{workdir}'s checkpoints; see its output")
+    latest_root = workdir / checkpoints.LATEST_DIR
+    if outcome["step"] is None:
+        return checkpoints.Scan(root=latest_root, step=None)
+    state, model_config, _ = checkpoints.restore(latest_root, outcome["step"])
+    return checkpoints.Scan(latest_root, outcome["step"], state, model_config)
+
+
+def _publish(key: str, value: dict[str, Any]) -> None:
+    """Process 0's side of `_wait_for`, through JAX's distributed key-value store."""
+    from jax._src import distributed
+
+    distributed.global_state.client.key_value_set(key, json.dumps(value))
+
+
+def _wait_for(key: str, timeout_s: float) -> dict[str, Any]:
+    """What process 0 `_publish`es under `key`. Unlike a collective, the wait has a deadline,
+    so a dead or stuck process 0 stops the others with one line instead of a hang."""
+    from jax._src import distributed
+
+    try:
+        text = distributed.global_state.client.blocking_key_value_get(
+            key, max(1, int(timeout_s * 1000)))
+    except Exception as e:  # DEADLINE_EXCEEDED, or the coordinator gone with process 0
+        raise TrainingError(
+            f"process {jax.process_index()}: process 0 did not finish recovering the "
+            f"checkpoints within {timeout_s:g} s (it stopped or hangs: "
+            f"{first_line(e).split(' [type.googleapis.com', 1)[0]}); stopping"
+        ) from None
+    return json.loads(text)
+
+
+def _recover_here(workdir: Path):
+    """`recover`'s work, done by process 0 alone: cleans up, warns, reads the chosen step."""
     latest_root = workdir / checkpoints.LATEST_DIR
     best_root = workdir / checkpoints.BEST_DIR
-    found = checkpoints.Scan(root=latest_root, step=None)
-    if jax.process_index() == 0:
-        for root in (latest_root, best_root):
-            removed = checkpoints.remove_unfinished(root)
-            if removed:
-                names = ", ".join(p.name for p in removed)
-                warn(
-                    f"{root}: removed {len(removed)} unfinished checkpoint write(s) ({names}); "
-                    "the finished steps are kept"
-                )
-        found = checkpoints.scan(latest_root)
-        if found.damaged and found.step is None:
-            what = "; ".join(f"step {s}: {p}" for s, p in sorted(found.damaged.items()))
-            raise TrainingError(
-                f"{workdir}: no intact checkpoint to resume from ({what}); the damaged steps "
-                f"are left in place in {latest_root}: move them away to start afresh"
-            )
-        for s, problem in sorted(found.damaged.items(), reverse=True):
-            dest = checkpoints.move_aside(latest_root / str(s), workdir)
-            if s > found.step:
-                what = f"skipped it and resumed from step {found.step}"
-            else:  # e.g. a removal of an old step (beyond keep_checkpoints) cut short
-                what = f"older than step {found.step}, which the run resumes from"
-            warn(f"{latest_root / str(s)}: damaged ({problem}); {what}; moved it to {dest}")
-        best_found = checkpoints.scan(best_root)
-        for s, problem in sorted(best_found.damaged.items(), reverse=True):
-            dest = checkpoints.move_aside(best_root / str(s), workdir)
+    for root in (latest_root, best_root):
+        removed = checkpoints.remove_unfinished(root)
+        if removed:
+            names = ", ".join(p.name for p in removed)
             warn(
-                f"{best_root / str(s)}: damaged best checkpoint ({problem}); moved it to "
-                f"{dest}; {best_root} keeps the evaluations still to come"
+                f"{root}: removed {len(removed)} unfinished checkpoint write(s) ({names}); "
+                "the finished steps are kept"
             )
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        chosen = -1 if found.step is None else found.step
-        step = int(multihost_utils.broadcast_one_to_all(np.int32(chosen)))
-        if jax.process_index() != 0 and step >= 0:
-            state, model_config, _ = checkpoints.restore(latest_root, step)
-            found = checkpoints.Scan(latest_root, step, state, model_config)
+    found = checkpoints.scan(latest_root)
+    if found.damaged and found.step is None:
+        what = "; ".join(f"step {s}: {p}" for s, p in sorted(found.damaged.items()))
+        raise TrainingError(
+            f"{workdir}: no intact checkpoint to resume from ({what}); the damaged steps "
+            f"are left in place in {latest_root}: move them away to start afresh"
+        )
+    for s, problem in sorted(found.damaged.items(), reverse=True):
+        dest = checkpoints.move_aside(latest_root / str(s), workdir)
+        if s > found.step:
+            what = f"skipped it and resumed from step {found.step}"
+        else:  # e.g. a removal of an old step (beyond keep_checkpoints) cut short
+            what = f"older than step {found.step}, which the run resumes from"
+        warn(f"{latest_root / str(s)}: damaged ({problem}); {what}; moved it to {dest}")
+    best_found = checkpoints.scan(best_root)
+    for s, problem in sorted(best_found.damaged.items(), reverse=True):
+        dest = checkpoints.move_aside(best_root / str(s), workdir)
+        warn(
+            f"{best_root / str(s)}: damaged best checkpoint ({problem}); moved it to "
+            f"{dest}; {best_root} keeps the evaluations still to come"
+        )
     return found
 
 

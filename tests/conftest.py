@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,17 +23,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
-def shared_dir() -> Path:
-    """The team's `shared/` folder beside the checkout (absent on users' machines)."""
-    return REPO.parent / "shared"
-
-
 def set5_dir() -> Path:
-    """`../shared/benchmarks/Set5`, or skip the test with the reason."""
-    d = shared_dir() / "benchmarks" / "Set5"
-    if not (d / "HR").is_dir():
-        pytest.skip(f"needs the Set5 benchmark images at {d} (only in the team's checkout)")
-    return d
+    """The Set5 benchmark shipped with the tests: `HR/` and `LR_bicubic/X{2,3,4,8}/`
+    (tests/data/README.md names its source)."""
+    return REPO / "tests" / "data" / "Set5"
 
 
 def torch_reference(scale: int = 2, n_ffgs: int = 1, seed: int = 0, **arch):

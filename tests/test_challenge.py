@@ -11,9 +11,11 @@ import json
 import numpy as np
 import pytest
 
-from maffsrn_jax import image_io, profile
+from maffsrn_jax import counts, image_io, profile
 from maffsrn_jax.models import MAFFSRN
-from maffsrn_jax.tools import counts
+
+# Subprocesses, whole training runs or exports: out of the edit-run loop (CI runs them).
+pytestmark = pytest.mark.slow
 
 
 def _hand_counts(scale: int, h: int, w: int, n_ffgs: int, n_mabs: int = 4) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""maffsrn_jax.tools.trace_summary on a hand-written trace (no JAX involved)."""
+"""maffsrn_jax.trace_summary on a hand-written trace (no JAX involved)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from maffsrn_jax.tools import trace_summary
+from maffsrn_jax import trace_summary
 
 
 def _op(name: str, dur: float, run: int, module: str = "jit_step") -> dict:

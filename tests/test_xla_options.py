@@ -1,10 +1,9 @@
 """maffsrn_jax.xla_options: which XLA options the package compiles with, and that they change
 speed only: the model, its gradients and the pmapped train step agree with XLA's defaults;
-and that keep_freed_memory keeps freed memory mapped."""
+that keep_freed_memory keeps freed memory mapped, and tune_process does it on CPU runs only."""
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 import sys
@@ -42,8 +41,8 @@ def test_forward_and_gradients_agree_with_xla_defaults():
     def loss(p):
         return jnp.mean(jnp.abs(TINY.apply({"params": p}, x) - 0.5))
 
-    # YNNPACK's convolution and dot fusions asked for explicitly: importing the package put
-    # the package's option in XLA_FLAGS, so {} would compile the same program twice.
+    # YNNPACK's convolution and dot fusions asked for explicitly, so that an XLA_FLAGS of the
+    # user's that switches them off does not make both programs the same.
     ynn = "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
     on_cpu = jax.default_backend() == "cpu"
     xla_kernels = {"xla_cpu_experimental_ynn_fusion_type": ynn} if on_cpu else {}
@@ -132,73 +131,26 @@ def test_keep_freed_memory_lets_a_freed_block_be_reused_without_page_faults():
     assert with_keep < pages // 50
 
 
-# --- the option in XLA_FLAGS: a user's own jit compiles the fast way ---------------------------
-
-_JIT_SCRIPT = """
-import os, sys
-if sys.argv[1] == "jax-first":
-    import jax
-    jax.devices()  # the CPU backend starts (and reads XLA_FLAGS) before the package loads
-import maffsrn_jax
-import jax, jax.numpy as jnp
-x, k = jnp.ones((1, 32, 32, 32)), jnp.ones((3, 3, 32, 32))
-conv = lambda x, k: jax.lax.conv_general_dilated(
-    x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-text = jax.jit(conv).lower(x, k).compile().as_text()  # a plain jit, no compiler options
-print(maffsrn_jax.XLA_FLAGS_STATUS, "__ynn_fusion" in text, repr(os.environ.get("XLA_FLAGS")))
-"""
+# --- process tuning: entry points only, CPU runs only -------------------------------------------
 
 
-def _plain_jit(mode: str, **env: str) -> tuple[str, bool, str]:
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("XLA_FLAGS", xla_options.OPT_OUT_ENV, "MAFFSRN_JAX_ADDED_XLA_FLAG")}
-    out = subprocess.run(
-        [sys.executable, "-c", _JIT_SCRIPT, mode],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=True,
-        env={**base, "JAX_PLATFORMS": "cpu", **env},
-    ).stdout.split(maxsplit=2)
-    return out[0], out[1] == "True", out[2].strip()
+def test_tune_process_keeps_freed_memory_on_cpu_runs_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(xla_options, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert xla_options.tune_process("gpu") is False and calls == []
+    assert xla_options.tune_process("CPU") is True and calls == [1]
+    monkeypatch.setattr(xla_options, "run_platform", lambda: None)  # a plugin, undecided
+    assert xla_options.tune_process() is False and calls == [1]
+    monkeypatch.setattr(xla_options, "run_platform", lambda: "cpu")
+    assert xla_options.tune_process() is True and calls == [1, 1]
 
 
-_KNOWN = xla_options._jaxlib_version() is not None and (
-    xla_options._FLAG_KNOWN_JAXLIB[0] <= xla_options._jaxlib_version()
-    < xla_options._FLAG_KNOWN_JAXLIB[1]
-)
-
-
-@pytest.mark.skipif(not _KNOWN, reason="a jaxlib the package does not set XLA_FLAGS for")
-def test_importing_the_package_makes_a_plain_jit_skip_ynnpack():
-    # With XLA's defaults this jaxlib hands the convolution to a YNNPACK fusion...
-    assert _plain_jit("package-first", MAFFSRN_JAX_XLA_DEFAULTS="1")[:2] == ("opted-out", True)
-    # ...and after `import maffsrn_jax` a jit that passes no options does not.
-    status, ynn, flags = _plain_jit("package-first")
-    assert (status, ynn) == ("added", False) and xla_options.XLA_FLAG in flags
-
-
-@pytest.mark.skipif(not _KNOWN, reason="a jaxlib the package does not set XLA_FLAGS for")
-def test_xla_flags_are_left_alone_when_the_user_decided_or_it_is_too_late():
-    # The user's own value of the option wins (here XLA's default, spelled out).
-    mine = "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
-    status, _, flags = _plain_jit("package-first", XLA_FLAGS=mine)
-    assert status == "user" and flags == repr(mine)
-    # A backend that already read XLA_FLAGS keeps what it read: nothing is changed.
-    status, ynn, flags = _plain_jit("jax-first")
-    assert (status, ynn, flags) == ("too-late", True, "None")
-
-
-def test_remove_default_xla_flags_takes_out_only_the_package_flag(monkeypatch):
-    monkeypatch.setattr(xla_options, "_backends_started", lambda: False)
-    monkeypatch.setenv("XLA_FLAGS", f"--xla_dump_to=/tmp/x {xla_options.XLA_FLAG}")
-    monkeypatch.setenv("MAFFSRN_JAX_ADDED_XLA_FLAG", xla_options.XLA_FLAG)
-    assert xla_options.remove_default_xla_flags() is True
-    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x"
-    assert "MAFFSRN_JAX_ADDED_XLA_FLAG" not in os.environ
-    # A user's own setting of the option is not the package's to remove.
-    monkeypatch.setenv("XLA_FLAGS", xla_options.XLA_FLAG)
-    assert xla_options.remove_default_xla_flags() is False
-    assert os.environ["XLA_FLAGS"] == xla_options.XLA_FLAG
-    # Once a backend has started, XLA_FLAGS is not touched.
-    monkeypatch.setattr(xla_options, "_backends_started", lambda: True)
-    monkeypatch.setenv("MAFFSRN_JAX_ADDED_XLA_FLAG", xla_options.XLA_FLAG)
-    assert xla_options.remove_default_xla_flags() is False
-    assert os.environ["XLA_FLAGS"] == xla_options.XLA_FLAG
+def test_run_platform_follows_jax_platforms():
+    before = jax.config.jax_platforms
+    try:
+        jax.config.update("jax_platforms", "cuda,cpu")
+        assert xla_options.run_platform() == "cuda"
+        jax.config.update("jax_platforms", "cpu")
+        assert xla_options.run_platform() == "cpu"
+    finally:
+        jax.config.update("jax_platforms", before)

@@ -1,8 +1,8 @@
-"""Benchmarks: `python -m maffsrn_jax.bench <subcommand> ...`.
+"""Development benchmarks, run from a checkout: `python -m benchmarks.bench <subcommand> ...`.
 
 `input`: throughput of the training input pipeline after its cache is built,
 
-    python -m maffsrn_jax.bench input [--data-dir DIR] --scale 2 --batch-size 16 \\
+    python -m benchmarks.bench input [--data-dir DIR] --scale 2 --batch-size 16 \\
         --patch-size 48 --seconds 10
 
 DIR may be a DIV2K tree, an EDSR benchmark tree or a folder of HR images (the layout is
@@ -19,10 +19,10 @@ import sys
 import time
 from collections.abc import Sequence
 
+from benchmarks import faults
 from maffsrn_jax import data
 from maffsrn_jax.configs.default import data_config
 from maffsrn_jax.errors import run_cli
-from maffsrn_jax.tools import faults
 
 
 def _reset_peak_rss() -> bool:
@@ -88,7 +88,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m maffsrn_jax.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 

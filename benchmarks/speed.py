@@ -1,11 +1,13 @@
 """Side-by-side speed of this JAX model, the PyTorch reference, ONNX Runtime and LiteRT.
 
-    python -m maffsrn_jax.speed                      # both benchmarks, table on stdout
-    python -m maffsrn_jax.speed --only inference --rounds 6 --steps 10 --json speed.json
-    python -m maffsrn_jax.speed --xla-defaults       # JAX without the package's XLA options
-    python -m maffsrn_jax.speed --torch-keeps-freed-memory   # PyTorch with JAX's malloc setting
-    python -m maffsrn_jax.speed --device gpu --inference-size 339x510 --torch-compile
-    python -m maffsrn_jax.speed --xla-conv-side      # also JAX without the AVX-512 kernels
+A development harness, run from a checkout (it is not part of the installed package):
+
+    python -m benchmarks.speed                      # both benchmarks, table on stdout
+    python -m benchmarks.speed --only inference --rounds 6 --steps 10 --json speed.json
+    python -m benchmarks.speed --xla-defaults       # JAX without the package's XLA options
+    python -m benchmarks.speed --torch-keeps-freed-memory   # PyTorch with JAX's malloc setting
+    python -m benchmarks.speed --device gpu --inference-size 339x510 --torch-compile
+    python -m benchmarks.speed --xla-conv-side      # also JAX without the AVX-512 kernels
 
 Benchmarks (the issue's settings):
   inference   x4 MAFFSRN on one 256x256 LR image (the AIM 2020 setting); PyTorch in eval
@@ -26,8 +28,9 @@ alike. Reported per side: the median of the per-round medians (`<side>_ms`), the
 (`<side>_ms_range`, min-max of the round medians), the ratio of those medians JAX / other
 side and the median of the per-round ratios, and the minor page faults per step.
 
-The JAX worker starts like every entry point of the package, making glibc's malloc keep
-freed memory (`xla_options.keep_freed_memory`; `--malloc-defaults` skips that). The PyTorch,
+The JAX worker starts like every entry point of the package, tuning the process
+(`xla_options.tune_process`: on CPU runs glibc's malloc keeps freed memory;
+`--malloc-defaults` skips that). The PyTorch,
 ONNX Runtime and LiteRT workers keep glibc's defaults, as their users run them, unless
 `--torch-keeps-freed-memory` (PyTorch only). All sides start from the same weights (the
 PyTorch model's initialisation, converted).
@@ -71,18 +74,17 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from maffsrn_jax.errors import Error, first_line, run_cli
-from maffsrn_jax.tools.common import (
+from maffsrn_jax.errors import Error, first_line, parse_size, run_cli
+from maffsrn_jax.profile import (
     TRAIN_LEARNING_RATE,
     OneLineParser,
     add_runtime_arguments,
     check_lr_size,
-    minor_page_faults,
-    parse_size,
     parse_xla_options,
     random_batch,
     setup_malloc,
-    write_json_report,
+    time_steps,
+    write_output,
 )
 
 BENCHMARKS = ("inference", "train")
@@ -154,8 +156,6 @@ def _jax_run(job: Job):
 
     from maffsrn_jax import xla_options
 
-    if options == {}:  # XLA's defaults: without the flag the package put in XLA_FLAGS
-        xla_options.remove_default_xla_flags()
     # Before JAX starts a backend: the worker is a fresh process, so this picks its platform.
     jax.config.update("jax_platforms", "cuda" if device == "gpu" else "cpu")
     try:
@@ -166,7 +166,7 @@ def _jax_run(job: Job):
         ) from e
 
     from maffsrn_jax import convert
-    from maffsrn_jax.tools.common import describe_device, make_train_step
+    from maffsrn_jax.profile import benchmark_program, describe_device, step_runner
 
     model, variables = convert.torch_to_flax(weights)
     options = {**xla_options.resolve(options), **overrides}
@@ -179,26 +179,12 @@ def _jax_run(job: Job):
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     b, (h, w) = setting["batch"], setting["size"]
-    if name == "inference":
-        x = jax.device_put(np.random.default_rng(seed).random((b, h, w, 3), dtype=np.float32))
-        variables = jax.device_put(variables)
-        forward = jax.jit(model.apply, compiler_options=options)
-
-        def run():
-            return forward(variables, x).block_until_ready()
-
-        return run, np.asarray(run()), env
-
-    init_state, step = make_train_step(model)
-    holder = {"state": jax.jit(init_state)(jax.device_put(variables["params"]))}
-    batch = jax.device_put(random_batch(b, (h, w), setting["scale"], seed))
-    jitted = jax.jit(step, donate_argnums=0, compiler_options=options)
-
-    def run():
-        holder["state"], metrics = jitted(holder["state"], batch)
-        return jax.block_until_ready(metrics)["loss"]
-
-    return run, float(run()), env
+    train = name == "train"
+    fn, args, donate = benchmark_program(
+        model, variables["params"], (b, h, w, 3), train=train, seed=seed)
+    run = step_runner(jax.jit(fn, donate_argnums=donate, compiler_options=options), args, train)
+    first = run()
+    return run, float(first["loss"]) if train else np.asarray(first), env
 
 
 def _torch_run(job: Job, compiled: bool):
@@ -283,30 +269,45 @@ def export_side_missing(side: str) -> str | None:
     return None
 
 
-def _onnx_run(job: Job):
-    """(run, first output, environment) of the ONNX Runtime side (inference only)."""
+def _exported(job: Job, side: str, export: Callable[..., None], suffix: str,
+              open_: Callable[[str], Any]) -> tuple[Any, np.ndarray]:
+    """(the opened model, the NHWC input) of an exported-model side (inference only): the
+    job's weights written by `export(model, variables, path)` to a temporary file, which
+    `open_(path)` loads before the file goes."""
     if job.name != "inference":
-        raise SpeedError("the ONNX Runtime side runs inference only")
-    import onnxruntime as ort
-
+        raise SpeedError(f"the {_LABELS[side]} side runs inference only")
     from maffsrn_jax import convert
-    from maffsrn_jax.export import export_onnx
 
     model, variables = convert.torch_to_flax(job.weights)
     b, (h, w) = job.setting["batch"], job.setting["size"]
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "maffsrn.onnx")
-        export_onnx(model, variables, path, precision="float32")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = os.cpu_count() or 1
-        providers = ["CUDAExecutionProvider"] if job.device == "gpu" else ["CPUExecutionProvider"]
-        if job.device == "gpu" and providers[0] not in ort.get_available_providers():
+        path = os.path.join(tmp, "maffsrn" + suffix)
+        export(model, variables, path)
+        opened = open_(path)
+    return opened, np.random.default_rng(job.seed).random((b, h, w, 3), dtype=np.float32)
+
+
+def _onnx_run(job: Job):
+    """(run, first output, environment) of the ONNX Runtime side."""
+    import onnxruntime as ort
+
+    from maffsrn_jax.export import export_onnx
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    provider = "CUDAExecutionProvider" if job.device == "gpu" else "CPUExecutionProvider"
+
+    def open_session(path: str):
+        if provider not in ort.get_available_providers():
             raise SpeedError("--device gpu: onnxruntime has no CUDA execution provider")
-        session = ort.InferenceSession(path, options, providers=providers)
+        return ort.InferenceSession(path, options, providers=[provider])
+
+    session, x = _exported(
+        job, "onnxruntime", lambda m, v, path: export_onnx(m, v, path, precision="float32"),
+        ".onnx", open_session)
     feed = session.get_inputs()[0]
     # The exporter's layout is read off the graph: NHWC like the Flax model, or NCHW.
     nchw = len(feed.shape) == 4 and feed.shape[1] == 3 and feed.shape[-1] != 3
-    x = np.random.default_rng(job.seed).random((b, h, w, 3), dtype=np.float32)
     if nchw:
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     env = {
@@ -325,23 +326,19 @@ def _onnx_run(job: Job):
 def _litert_run(job: Job):
     """(run, first output, environment) of the LiteRT side: the TFLite export of the same
     weights at the benchmark's fixed size, run by `runtimes` (LiteRT's interpreter on every
-    core; inference only, CPU)."""
-    if job.name != "inference":
-        raise SpeedError("the LiteRT side runs inference only")
+    core; CPU only)."""
     if job.device == "gpu":
         raise SpeedError("--device gpu: the LiteRT side runs on the CPU only")
     import ai_edge_litert
 
-    from maffsrn_jax import convert, runtimes
+    from maffsrn_jax import runtimes
     from maffsrn_jax.export import export_tflite
 
-    model, variables = convert.torch_to_flax(job.weights)
-    b, (h, w) = job.setting["batch"], job.setting["size"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "maffsrn.tflite")
-        export_tflite(model, variables, path, precision="float32", input_size=(h, w))
-        artifact = runtimes.open_artifact(path)
-    x = np.random.default_rng(job.seed).random((b, h, w, 3), dtype=np.float32)
+    size = tuple(job.setting["size"])
+    artifact, x = _exported(
+        job, "litert",
+        lambda m, v, path: export_tflite(m, v, path, precision="float32", input_size=size),
+        ".tflite", runtimes.open_artifact)
     env = {"litert": getattr(ai_edge_litert, "__version__", "?"),
            "litert_threads": os.cpu_count() or 1}
 
@@ -351,41 +348,11 @@ def _litert_run(job: Job):
     return run, run(), env
 
 
-def time_steps(
-    run: Callable[[], Any],
-    steps: int,
-    warmup: int,
-    clock: Callable[[], float] = time.perf_counter,
-    page_faults: Callable[[], int | None] = minor_page_faults,
-) -> tuple[list[float], float | None]:
-    """One side's turn: `warmup` untimed then `steps` timed consecutive runs of `run`.
-
-    Returns (milliseconds of each timed step, minor page faults per timed step or None).
-    The steps follow each other with nothing but the clock between them, as in a user's
-    loop; each step's time runs from the end of the previous one.
-    """
-    for _ in range(warmup):
-        run()
-    faults_before = page_faults()
-    times = []
-    start = clock()
-    for _ in range(steps):
-        run()
-        end = clock()
-        times.append((end - start) * 1e3)
-        start = end
-    faults_after = page_faults()
-    if faults_before is None or faults_after is None:
-        return times, None
-    return times, (faults_after - faults_before) / steps
-
-
-
 def _serve(conn, side: str, keep_freed: bool, job: Job) -> None:
     """A worker process: build one side's run, then time a turn on every 'round' message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    # First, before any framework starts threads (see xla_options.keep_freed_memory).
-    kept = setup_malloc(malloc_defaults=not keep_freed)
+    # First, before any framework starts threads (see xla_options.tune_process).
+    kept = setup_malloc(malloc_defaults=not keep_freed, platform=job.device)
     try:
         if side in JAX_SIDES:
             from maffsrn_jax import cpu_conv
@@ -560,7 +527,8 @@ def run_benchmarks(
         raise SpeedError(f"--device {device!r}: expected one of {', '.join(DEVICES)}")
     rounds = rounds if repeats is None else repeats
     if rounds < 1 or steps < 1 or warmup < 0 or pause < 0:
-        raise SpeedError("rounds and steps must be >= 1, warmup and pause >= 0")
+        raise SpeedError("--rounds/--repeats and --steps must be >= 1, --warmup and "
+                         "--pause >= 0")
     settings = {"inference": INFERENCE, "train": TRAIN, **(settings or {})}
     results: dict[str, Any] = {}
     environment: dict[str, Any] = {"cpu_count": os.cpu_count(), "pause_s": pause}
@@ -703,7 +671,7 @@ def format_table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(
-        prog="python -m maffsrn_jax.speed",
+        prog="python -m benchmarks.speed",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -738,9 +706,6 @@ def main(argv: list[str] | None = None) -> int:
             raise SpeedError("--repeats is the older name of --rounds: give one")
         rounds = args.rounds if args.rounds is not None else args.repeats
         rounds = 4 if rounds is None else rounds
-        if rounds < 1 or args.steps < 1 or args.warmup < 0 or args.pause < 0:
-            raise SpeedError("--rounds/--repeats and --steps must be >= 1, --warmup and "
-                             "--pause >= 0")
         settings = {}
         if args.inference_size:
             size = parse_size(args.inference_size, "--inference-size")
@@ -766,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(format_table(results))
         if args.json:
-            write_json_report(args.json, results)
+            write_output(args.json, results)
 
     return run_cli(body)
 

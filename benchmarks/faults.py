@@ -1,9 +1,10 @@
-"""Fault injection: `python -m maffsrn_jax.bench faults --kills N [--seed S]`.
+"""Fault injection: `python -m benchmarks.bench faults --kills N [--seed S]`, from a checkout.
 
-Trains a tiny model with train.py in a temporary workdir and, on a schedule drawn from the
-seed, kills it with SIGKILL N times: during start-up and compilation, between steps, inside
-an asynchronous checkpoint write (the moment its `<step>.orbax-checkpoint-tmp-*` folder
-appears) and during evaluation, rerunning the same command after each kill. Then it damages
+Trains a tiny model with the checkout's train.py in a temporary workdir and, on a schedule
+drawn from the seed, kills it with SIGKILL N times: during start-up and compilation, between
+steps, inside an asynchronous checkpoint write (the moment its
+`<step>.orbax-checkpoint-tmp-*` folder appears) and during evaluation, rerunning the same
+command after each kill. Then it damages
 the newest checkpoint once (a file truncated, deleted or overwritten, or the commit marker
 removed), starts the final run and, while that run holds the workdir, a second run of the
 same command, which must be turned away. Finally it compares the final checkpoint (weights,
@@ -39,7 +40,7 @@ import numpy as np
 
 from maffsrn_jax.errors import Error
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]  # the checkout this folder is in
 KINDS = ("startup", "steps", "checkpoint-write", "evaluation")
 CORRUPTIONS = ("truncate", "delete", "garbage", "no-commit-marker")
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -63,7 +64,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m maffsrn_jax.tools.faults")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.faults")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["faults", *(sys.argv[1:] if argv is None else argv)])
     return run(args)

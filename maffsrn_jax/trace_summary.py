@@ -1,4 +1,4 @@
-"""Where a traced program's time goes, by XLA op: `python -m maffsrn_jax.tools.trace_summary DIR`.
+"""Where a traced program's time goes, by XLA op: `python -m maffsrn_jax.trace_summary DIR`.
 
 Reads the trace that `python -m maffsrn_jax.profile ... --trace DIR` writes (the newest
 `*.trace.json.gz` under DIR) and sums the duration of every executed HLO op per kind, per
@@ -6,7 +6,7 @@ run of the program:
 
     python -m maffsrn_jax.profile --scale 2 --train --input-size 48x48 --batch-size 16 \\
         --repeats 3 --trace /tmp/trace --dump-hlo /tmp/hlo
-    python -m maffsrn_jax.tools.trace_summary /tmp/trace --top 20
+    python -m maffsrn_jax.trace_summary /tmp/trace --top 20
 
 An op's kind is its HLO name without the numeric suffix (`conv_general_dilated.14` ->
 `conv_general_dilated`, `broadcast_add_fusion.3` -> `broadcast_add_fusion`); `--by op` keeps
@@ -121,7 +121,7 @@ def format_rows(rows: list[Row], top: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m maffsrn_jax.tools.trace_summary",
+    p = argparse.ArgumentParser(prog="python -m maffsrn_jax.trace_summary",
                                 description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("trace", help="a --trace DIR of profile, or a *.trace.json.gz")
