@@ -9,7 +9,7 @@ HR patch (most of T91) are skipped with a warning; BSDS500 is large enough.
 
 from maffsrn_jax.configs import pretrained_x2
 
-STEPS = 2_000
+STEPS = 2_500
 
 
 def get_config():
