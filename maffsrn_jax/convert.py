@@ -1,7 +1,9 @@
 """Weight conversion between the official PyTorch MAFFSRN and this Flax port, both ways.
 
-    python -m maffsrn_jax.convert torch-to-flax IN.pt|IN.safetensors OUT_DIR
-    python -m maffsrn_jax.convert flax-to-torch CKPT_DIR OUT.pt|OUT.safetensors
+    maffsrn-convert torch-to-flax IN.pt|IN.safetensors OUT_DIR
+    maffsrn-convert flax-to-torch CKPT_DIR OUT.pt|OUT.safetensors
+
+.pt/.pth files need the torch extra (pip install 'maffsrn-jax[torch]'); .safetensors none.
 
 PyTorch side: the official state_dict keys (`head.0.weight_g`, `body.0.b0.conv00.0.weight`,
 ...), OIHW kernels, weight norm as `weight_g` [out, 1, 1, 1] / `weight_v`. Flax side: HWIO
@@ -23,9 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from maffsrn_jax import checkpoints
+from maffsrn_jax import checkpoints, pretrained
 from maffsrn_jax.checkpoints import CheckpointError
+from maffsrn_jax.cli import prog_name
 from maffsrn_jax.errors import run_cli
+from maffsrn_jax.extras import require
 from maffsrn_jax.files import write_file_atomic
 from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE
 
@@ -267,13 +271,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             raise CheckpointError(f"{p}: not a readable safetensors file ({e})") from e
         return _normalise_keys(tensors)
     if suffix in (".pt", ".pth", ".bin", ".ckpt"):
-        try:
-            import torch
-        except ImportError as e:
-            raise CheckpointError(
-                f"{p}: reading PyTorch files needs torch (pip install torch), "
-                "or convert it to .safetensors"
-            ) from e
+        torch = require("torch", "torch", f"{p}: reading a PyTorch file")
         import pickle
 
         try:
@@ -304,9 +302,10 @@ def load_pretrained(
 ) -> tuple[MAFFSRN, dict]:
     """(model, variables) from an Orbax checkpoint directory (a train.py workdir, a manager
     root or a step folder; the latest step unless `step` is given), a `.pt`/`.pth`, or a
-    `.safetensors` file. `overrides` as in `torch_to_flax` (e.g. `dtype=jnp.bfloat16`).
+    `.safetensors` file, or the name of shipped weights (`maffsrn_x4`, see
+    `pretrained_names()`). `overrides` as in `torch_to_flax` (e.g. `dtype=jnp.bfloat16`).
     """
-    p = Path(path)
+    p = pretrained.resolve(path)
     if p.is_dir():
         state, config, _ = checkpoints.restore(p, step)
         if "params" not in state:
@@ -342,8 +341,7 @@ def save_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLik
         arrays = {k: np.ascontiguousarray(v) for k, v in state_dict.items()}
         write_file_atomic(p, lambda tmp: save_file(arrays, tmp))
     else:
-        import torch
-
+        torch = require("torch", "torch", f"{p}: writing a PyTorch file")
         tensors = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
         write_file_atomic(p, lambda tmp: torch.save(tensors, tmp))
 
@@ -361,7 +359,8 @@ def save_flax(model: MAFFSRN, variables: Mapping[str, Any], directory: str | os.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m maffsrn_jax.convert", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog_name("maffsrn_jax.convert", argv),
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     t2f = sub.add_parser("torch-to-flax", help="official .pt/.pth/.safetensors -> Orbax directory")

@@ -1,4 +1,5 @@
-"""The package's error type and the one-line error report every command prints."""
+"""The package's error type, the one-line error report every command prints, and the one
+flag format (`HxW` sizes) that several commands read."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ def os_error_line(e: OSError) -> str:
     """'FILE: reason' for an OSError (disk full, permission denied, ...)."""
     where = f"{e.filename}: " if e.filename else ""
     return f"{where}{e.strerror or first_line(e)}"
+
+
+def parse_size(text: str, flag: str) -> tuple[int, int]:
+    """'HxW' -> (H, W), positive integers; an `Error` naming `flag` otherwise."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise Error(f"{flag} {text!r}: expected HxW, e.g. 256x256")
+    h, w = (int(p) for p in parts)
+    if h < 1 or w < 1:
+        raise Error(f"{flag} {text!r}: sizes must be positive")
+    return h, w
 
 
 def run_cli(run: Callable[[], int | None]) -> int:

@@ -111,6 +111,41 @@ def array_upscaler(
     return upscale
 
 
+def load_upscaler(
+    checkpoint: str,
+    scale: int | None = None,
+    *,
+    tile: int | None,
+    overlap: int | None = None,
+    self_ensemble: bool = False,
+) -> tuple[Upscaler, int]:
+    """(`array_upscaler` of a checkpoint, its scale); an exported model (`.stablehlo`,
+    `.onnx`, `.tflite`) runs in its own runtime. `checkpoint` is anything `load_pretrained`
+    reads, a shipped name included. A `scale` that the model does not have is an EvalError.
+    """
+    from maffsrn_jax import convert, runtimes
+
+    if runtimes.is_artifact(checkpoint):
+        fn, model_scale = runtimes.load_upscaler(checkpoint, tile=tile, overlap=overlap,
+                                                 self_ensemble=self_ensemble)
+        if scale is not None and model_scale != scale:
+            raise EvalError(
+                f"{checkpoint}: exported model is x{model_scale}, but --scale is {scale}"
+            )
+        return lambda lr: metrics.quantize(fn(lr.astype(np.float32) / 255)), model_scale
+    try:
+        model, variables = convert.load_pretrained(checkpoint)
+    except convert.CheckpointError as e:
+        raise EvalError(str(e)) from None
+    if scale is not None and model.scale != scale:
+        raise EvalError(
+            f"{checkpoint}: checkpoint is a x{model.scale} model, but --scale is {scale}"
+        )
+    upscale = array_upscaler(model, variables, tile=tile, overlap=overlap,
+                             self_ensemble=self_ensemble)
+    return upscale, model.scale
+
+
 def model_upscaler(
     checkpoint: str,
     scale: int,
@@ -119,23 +154,9 @@ def model_upscaler(
     overlap: int | None = None,
     self_ensemble: bool = False,
 ) -> Upscaler:
-    """`array_upscaler` of a checkpoint, which must be a x`scale` model; an exported model
-    (`.stablehlo`, `.onnx`, `.tflite`) runs in its own runtime (`artifact_upscaler`)."""
-    from maffsrn_jax import convert, runtimes
-
-    if runtimes.is_artifact(checkpoint):
-        return artifact_upscaler(checkpoint, scale, tile=tile, overlap=overlap,
-                                 self_ensemble=self_ensemble)
-    try:
-        model, variables = convert.load_pretrained(checkpoint)
-    except convert.CheckpointError as e:
-        raise EvalError(str(e)) from None
-    if model.scale != scale:
-        raise EvalError(
-            f"{checkpoint}: checkpoint is a x{model.scale} model, but --scale is {scale}"
-        )
-    return array_upscaler(model, variables, tile=tile, overlap=overlap,
-                          self_ensemble=self_ensemble)
+    """`load_upscaler`'s upscaler of a checkpoint that must be a x`scale` model."""
+    return load_upscaler(checkpoint, scale, tile=tile, overlap=overlap,
+                         self_ensemble=self_ensemble)[0]
 
 
 def artifact_upscaler(
@@ -152,11 +173,9 @@ def artifact_upscaler(
     """
     from maffsrn_jax import runtimes
 
-    fn, artifact_scale = runtimes.load_upscaler(path, tile=tile, overlap=overlap,
-                                                self_ensemble=self_ensemble)
-    if artifact_scale != scale:
-        raise EvalError(f"{path}: exported model is x{artifact_scale}, but --scale is {scale}")
-    return lambda lr: metrics.quantize(fn(lr.astype(np.float32) / 255))
+    if not runtimes.is_artifact(path):
+        raise EvalError(f"{path}: not an exported model ({', '.join(runtimes.SUFFIXES.values())})")
+    return model_upscaler(path, scale, tile=tile, overlap=overlap, self_ensemble=self_ensemble)
 
 
 def score(sr: np.ndarray, hr: np.ndarray, scale: int) -> dict[str, float]:
@@ -183,11 +202,22 @@ def evaluate(
     *,
     desc: str = "",
     save_dir: Path | None = None,
+    failures: list[str] | None = None,
 ) -> list[dict]:
-    """Per-image {"name", "psnr", "ssim"} of `upscale` on `samples`, in order."""
+    """Per-image {"name", "psnr", "ssim"} of `upscale` on `samples`, in order.
+
+    A sample that cannot be read (or whose LR does not fit its HR) raises an `Error`, or, with
+    a `failures` list, is appended to it as one line naming the file and skipped.
+    """
     results = []
     for sample in tqdm(samples, desc=desc, unit="img", disable=None, leave=False):
-        lr, hr = load_pair(sample, scale)
+        try:
+            lr, hr = load_pair(sample, scale)
+        except Error as e:
+            if failures is None:
+                raise
+            failures.append(str(e))
+            continue
         sr = upscale(lr)
         if save_dir is not None:
             image_io.save_image(save_dir / f"{sample.name}.png", sr)

@@ -1,11 +1,14 @@
 """Exports a MAFFSRN checkpoint to StableHLO, ONNX or TFLite for serving without this package.
 
-    python -m maffsrn_jax.export --checkpoint CKPT --format stablehlo --output model.stablehlo
-    python -m maffsrn_jax.export --checkpoint CKPT --format onnx --output model.onnx
-    python -m maffsrn_jax.export --checkpoint CKPT --format tflite --output model.tflite \\
-        --input-size 64x64
-    python -m maffsrn_jax.export --checkpoint CKPT --format onnx --precision int8 \\
+    maffsrn-export --checkpoint maffsrn_x4 --format stablehlo --output model.stablehlo
+    maffsrn-export --checkpoint CKPT --format onnx --output model.onnx
+    maffsrn-export --checkpoint CKPT --format tflite --output model.tflite --input-size 64x64
+    maffsrn-export --checkpoint CKPT --format onnx --precision int8 \\
         --calibration lr_images/ --output model_int8.onnx
+
+CKPT is a training run's folder, a .pt/.pth or .safetensors file, or a shipped name
+(maffsrn_x4). StableHLO needs nothing more than the base install; ONNX and TFLite need the
+export extra (pip install 'maffsrn-jax[export]').
 
 What each format takes (all float32 RGB in [0, 1], H, W >= 13, output unclipped):
 - stablehlo: `jax.export` bytes, NHWC [N, H, W, 3] -> [N, sH, sW, 3], N, H, W symbolic, for
@@ -37,10 +40,11 @@ from typing import Any
 import numpy as np
 
 from maffsrn_jax import image_io
-from maffsrn_jax.errors import Error, run_cli
+from maffsrn_jax.cli import prog_name
+from maffsrn_jax.errors import Error, parse_size, run_cli
+from maffsrn_jax.extras import require
 from maffsrn_jax.files import list_images, write_atomic
 from maffsrn_jax.models import MAFFSRN, MIN_INPUT_SIZE
-from maffsrn_jax.tools.common import parse_size
 
 FORMATS = ("stablehlo", "onnx", "tflite")
 PRECISIONS = ("float32", "float16", "int8")
@@ -53,10 +57,19 @@ CALIBRATION_CROP = 128
 Calibration = str | os.PathLike | Sequence[np.ndarray] | None
 # ONNX operator set: 17 has every op the model needs and runs in any recent ONNX Runtime.
 ONNX_OPSET = 17
+# The optional packages each format needs to be written and checked (the `export` extra).
+_NEEDS = {"stablehlo": (), "onnx": ("torch", "onnx", "onnxruntime"),
+          "tflite": ("tensorflow", "ai_edge_litert")}
 
 
 class ExportError(Error):
     """Bad arguments or an unusable checkpoint/calibration set; the message names it."""
+
+
+def _require(fmt: str) -> None:
+    """A MissingExtraError naming the export extra if a package `fmt` needs is missing."""
+    for module in _NEEDS[fmt]:
+        require(module, "export", f"{fmt} export")
 
 
 def _check_precision(precision: str, fmt: str, calibration: Calibration = None) -> None:
@@ -225,6 +238,7 @@ def onnx_bytes(model: MAFFSRN, variables: Mapping[str, Any], *, precision: str =
     import onnx
 
     _check_precision(precision, "onnx", calibration)
+    _require("onnx")
     with tempfile.TemporaryDirectory(prefix="maffsrn-onnx-") as tmp:
         f32 = Path(tmp) / "float32.onnx"
         _onnx_float32(model, variables, f32)
@@ -288,6 +302,7 @@ def tflite_bytes(model: MAFFSRN, variables: Mapping[str, Any], *, precision: str
     StableHLO to TFLite builtins. Sizes are static because the converter needs them so.
     """
     _check_precision(precision, "tflite", calibration)
+    _require("tflite")
     images = _calibration(calibration) if precision == "int8" else []
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import jax.numpy as jnp
@@ -360,6 +375,7 @@ def export(checkpoint: str, fmt: str, output: str | os.PathLike, *, precision: s
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     _check_precision(precision, fmt, calibration)
+    _require(fmt)
     out = Path(output)
     _check_output(out)
     if out.suffix.lower() != runtimes.SUFFIXES[fmt]:
@@ -384,10 +400,11 @@ def export(checkpoint: str, fmt: str, output: str | os.PathLike, *, precision: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m maffsrn_jax.export", description=__doc__,
+    parser = argparse.ArgumentParser(prog=prog_name("maffsrn_jax.export", argv),
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
-                        help="Orbax directory, .pt/.pth or .safetensors")
+                        help="a run folder, .pt/.pth, .safetensors or a shipped name")
     parser.add_argument("--format", required=True, help=" | ".join(FORMATS))
     parser.add_argument("--output", required=True, help="the file to write")
     parser.add_argument("--precision", default="float32", help=" | ".join(PRECISIONS))

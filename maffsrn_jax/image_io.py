@@ -5,25 +5,21 @@ every way a file can be bad (missing, unreadable, not an image, truncated, corru
 decompression bomb) into one `ImageError` naming the file. `to_rgb_uint8` is the single
 place where odd images become the network's uint8 RGB. `save_image` writes atomically.
 
-Pillow cannot hold 16-bit colour, so 16-bit RGB(A) PNGs are read by running Pillow's own PNG
-decoder twice (once keeping the high bytes, once the low bytes) and written by a small PNG
-encoder here; 16-bit grayscale goes through Pillow directly.
+Pillow cannot hold 16-bit colour, so every 16-bit PNG (gray, gray + alpha, RGB, RGBA) is read
+and written with pypng; everything else goes through Pillow.
 """
 
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
+import png
 from PIL import Image
 
 from maffsrn_jax.errors import Error
 from maffsrn_jax.files import write_atomic
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageError(Error):
@@ -47,25 +43,25 @@ def _check_pixel_limit(img: Image.Image, path: str | os.PathLike) -> None:
         )
 
 
-def _decode_png_16bit_colour(img: Image.Image) -> np.ndarray | None:
-    """Full-precision pixels of a 16-bit RGB(A) PNG, or None if `img` is not one.
+def _read_png_16bit(path: str | os.PathLike) -> np.ndarray | None:
+    """The full-precision pixels of a 16-bit PNG, or None if the PNG has fewer bits.
 
-    Pillow decodes such files to 8 bits by keeping each sample's high byte ('RGB;16B'). Decoding
-    the same stream with the little-endian unpacker ('RGB;16L') keeps the other byte instead.
+    Gray + alpha becomes RGBA, as in `_to_array`; a tRNS colour key becomes an alpha channel.
     """
-    if img.format != "PNG" or img.mode not in ("RGB", "RGBA") or len(img.tile) != 1:
-        return None
-    tile = img.tile[0]
-    rawmode = tile.args
-    if not (isinstance(rawmode, str) and rawmode == img.mode + ";16B"):
-        return None
-    img.load()
-    high = np.asarray(img)
-    with Image.open(img.filename) as low_img:
-        low_img.tile = [tile._replace(args=img.mode + ";16L")]
-        low_img.load()
-        low = np.asarray(low_img)
-    return (high.astype(np.uint16) << 8) | low
+    with open(path, "rb") as f:
+        reader = png.Reader(file=f)
+        reader.preamble()  # the header chunks only
+        if reader.bitdepth != 16:
+            return None
+        width, height, rows, info = reader.asDirect()
+        planes = info["planes"]
+        arr = np.vstack([np.asarray(row, np.uint16) for row in rows])
+    arr = arr.reshape(height, width, planes)
+    if planes == 1:
+        return arr[..., 0]
+    if planes == 2:
+        return np.concatenate([arr[..., :1]] * 3 + [arr[..., 1:]], axis=2)
+    return arr
 
 
 def _to_array(img: Image.Image) -> np.ndarray:
@@ -107,7 +103,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             _check_pixel_limit(img, path)
-            arr = _decode_png_16bit_colour(img)
+            arr = _read_png_16bit(path) if img.format == "PNG" else None
             if arr is None:
                 img.load()  # Decode everything now so truncation surfaces here.
                 arr = _to_array(img)
@@ -154,47 +150,12 @@ def to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
-def _png_filter(raw: np.ndarray, bpp: int, filters: np.ndarray) -> np.ndarray:
-    """Applies PNG filter type `filters[r]` (0-4) to each byte row `raw[r]` (uint8 [H, N])."""
-    x = raw.astype(np.int16)
-    a = np.zeros_like(x)  # Left neighbour (bpp bytes back).
-    a[:, bpp:] = x[:, :-bpp]
-    b = np.zeros_like(x)  # Same byte in the row above.
-    b[1:] = x[:-1]
-    c = np.zeros_like(x)  # Above-left.
-    c[1:, bpp:] = x[:-1, :-bpp]
-    pa, pb, pc = np.abs(b - c), np.abs(a - c), np.abs(a + b - 2 * c)
-    paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-    predictions = np.stack([np.zeros_like(x), a, b, (a + b) // 2, paeth])
-    pred = predictions[filters, np.arange(x.shape[0])]
-    return ((x - pred) & 0xFF).astype(np.uint8)
-
-
-def _encode_png(arr: np.ndarray, filters: np.ndarray | None = None) -> bytes:
-    """A PNG file holding uint16 [H, W, 3|4] `arr` at 16 bits per sample.
-
-    `filters` (one PNG filter type per row) defaults to Paeth everywhere, which compresses
-    photographs well.
-    """
-    h, w, c = arr.shape
-    raw = arr.astype(">u2").view(np.uint8).reshape(h, w * c * 2)
-    if filters is None:
-        filters = np.full(h, 4, dtype=np.uint8)
-    filtered = _png_filter(raw, 2 * c, filters)
-    scanlines = np.concatenate([filters.astype(np.uint8)[:, None], filtered], axis=1)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data)
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    colour_type = {3: 2, 4: 6}[c]  # Truecolour, truecolour + alpha.
-    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
-    return b"".join([
-        _PNG_SIGNATURE,
-        chunk(b"IHDR", header),
-        chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 6)),
-        chunk(b"IEND", b""),
-    ])
+def _write_png_16bit(f, arr: np.ndarray) -> None:
+    """Writes uint16 [H, W] or [H, W, 3|4] `arr` to the binary file `f` as a 16-bit PNG."""
+    h, w = arr.shape[:2]
+    c = 1 if arr.ndim == 2 else arr.shape[2]
+    writer = png.Writer(w, h, greyscale=c == 1, alpha=c == 4, bitdepth=16)
+    writer.write(f, arr.reshape(h, w * c))
 
 
 def save_image(path: str | os.PathLike, arr: np.ndarray) -> None:
@@ -219,10 +180,10 @@ def save_image(path: str | os.PathLike, arr: np.ndarray) -> None:
     if fmt is None:
         raise ImageError(path, f"unknown image file extension {path.suffix!r}")
     arr = np.ascontiguousarray(arr)
-    if arr.dtype == np.uint16 and arr.ndim == 3:
-        if fmt != "PNG":
-            raise ImageError(path, "16-bit colour images can only be saved as .png")
-        write = lambda f: f.write(_encode_png(arr))
+    if arr.dtype == np.uint16 and arr.ndim == 3 and fmt != "PNG":
+        raise ImageError(path, "16-bit colour images can only be saved as .png")
+    if arr.dtype == np.uint16 and fmt == "PNG":
+        write = lambda f: _write_png_16bit(f, arr)
     else:
         img = Image.fromarray(arr)
         write = lambda f: img.save(f, format=fmt)
@@ -230,5 +191,5 @@ def save_image(path: str | os.PathLike, arr: np.ndarray) -> None:
         write_atomic(path, write)
     except OSError as e:
         raise ImageError(path, f"cannot write ({e.strerror or e})") from None
-    except (ValueError, KeyError) as e:  # Pillow: mode unsupported by the format, e.g. RGBA JPEG.
+    except (ValueError, KeyError, png.Error) as e:  # e.g. RGBA as JPEG
         raise ImageError(path, f"cannot save as {fmt}: {e}") from None

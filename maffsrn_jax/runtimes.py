@@ -23,6 +23,7 @@ import numpy as np
 
 from maffsrn_jax import inference
 from maffsrn_jax.errors import Error
+from maffsrn_jax.extras import MissingExtraError, require
 from maffsrn_jax.models import MIN_INPUT_SIZE
 
 SUFFIXES = {"stablehlo": ".stablehlo", "onnx": ".onnx", "tflite": ".tflite"}
@@ -80,7 +81,7 @@ def _open_stablehlo(path: Path) -> Artifact:
 
 
 def _open_onnx(path: Path) -> Artifact:
-    import onnxruntime as ort
+    ort = require("onnxruntime", "export", f"{path}: running an ONNX model")
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
@@ -95,6 +96,7 @@ def _open_onnx(path: Path) -> Artifact:
 
 
 def _open_tflite(path: Path) -> Artifact:
+    require("ai_edge_litert", "export", f"{path}: running a TFLite model")
     from ai_edge_litert.interpreter import Interpreter
 
     # Every core, as ONNX Runtime and XLA use by default (LiteRT's own default is one thread).
@@ -146,6 +148,8 @@ def load_upscaler(
         fn = upscale_fn(artifact, tile=tile, overlap=overlap)
     except ImportError as e:
         raise ArtifactError(f"{path}: its runtime is not installed ({e.name or e})") from None
+    except MissingExtraError:
+        raise
     except ValueError as e:
         raise ArtifactError(f"--checkpoint {path}: {e}") from None
     if self_ensemble:

@@ -1,19 +1,18 @@
-"""Upscales your own images with a MAFFSRN checkpoint.
+"""Upscales your own images with MAFFSRN.
 
-    python -m maffsrn_jax.upscale --checkpoint CKPT --input photo.jpg --output photo_x2.png
-    python -m maffsrn_jax.upscale --checkpoint CKPT --input photos/ --output photos_x2/
+    maffsrn-upscale --input photo.jpg --output photo_x4.png        # the shipped x4 model
+    maffsrn-upscale --scale 2 --input photos/ --output photos_x2/  # every image of a folder
+    maffsrn-upscale --checkpoint runs/x2 --input photo.jpg --output photo_x2.png
 
-Any image `image_io.load_image` reads, of any size from 1x1 up, keeps its kind:
-- gray in -> gray out: the gray image is replicated to RGB, upscaled, and the three output
-  channels averaged (the closest gray image to the output; it leaves an exactly gray output
-  unchanged and, unlike luma weights, treats the model's small per-channel errors alike);
-- RGBA -> RGBA: colour by the model, alpha by MATLAB bicubic (`imresize`);
-- 16-bit in -> 16-bit out: the model runs on the float image at full 16-bit precision.
-Large images run in overlapping tiles (`--tile`, default `inference.DEFAULT_TILE`; 0 = whole
-image) so memory stays bounded. A directory input writes `<output>/<name>.png` for every image
-in it, keeps going past failures and lists them at the end. Outputs are written atomically.
+Without --checkpoint the model shipped with the package for --scale (default 4) runs. Any
+image Pillow reads (PNG, JPEG, BMP, TIFF, WebP, ...), of any size from 1x1 up, keeps its kind:
+gray in -> gray out, RGBA -> RGBA (the alpha channel by bicubic), 16-bit in -> 16-bit out.
+Large images run in overlapping tiles (--tile) so memory stays bounded. A folder input writes
+<output>/<name>.png for every image in it, goes on past images it cannot read, and ends with a
+summary of what it wrote and what it skipped and why. Every output is written whole or not at
+all; each is reported in one line (path and size).
 
-Exit codes: 0 ok, 1 some images of a directory failed, 2 bad input or arguments (one `error:`
+Exit codes: 0 ok, 1 some images of a folder failed, 2 bad input or arguments (one `error:`
 line naming the file or flag), 130 Ctrl-C.
 """
 
@@ -30,9 +29,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from maffsrn_jax import convert, image_io, inference, metrics, runtimes, xla_options
+from maffsrn_jax.cli import prog_name
 from maffsrn_jax.errors import Error, os_error_line, run_cli
-from maffsrn_jax.files import list_images
+from maffsrn_jax.files import is_image_name, list_images
 from maffsrn_jax.imresize import imresize
+
+DEFAULT_SCALE = 4
+# How many names a summary line lists before "and N more".
+SHOWN_NAMES = 5
 
 
 class UpscaleError(Error):
@@ -120,26 +124,83 @@ def plan(input_path: Path, output_path: Path) -> tuple[list[tuple[Path, Path]], 
     return [(input_path, output_path)], False
 
 
+def skipped_entries(folder: Path) -> list[str]:
+    """'name (why)' for each entry of `folder` that a folder run does not read."""
+    skipped = []
+    for p in sorted(folder.iterdir()):
+        if p.is_dir():
+            skipped.append(f"{p.name}/ (a folder)")
+        elif p.name.startswith("."):
+            skipped.append(f"{p.name} (hidden)")
+        elif not is_image_name(p):
+            skipped.append(f"{p.name} (not an image file name)")
+    return skipped
+
+
+def _listing(items: list[str]) -> str:
+    more = f" and {len(items) - SHOWN_NAMES} more" if len(items) > SHOWN_NAMES else ""
+    return ", ".join(items[:SHOWN_NAMES]) + more
+
+
+def _size(image: np.ndarray) -> str:
+    kind = {1: "gray", 3: "RGB", 4: "RGBA"}[1 if image.ndim == 2 else image.shape[2]]
+    return f"{image.shape[1]}x{image.shape[0]} {kind}, {8 * image.itemsize}-bit"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m maffsrn_jax.upscale", description=__doc__,
+        prog=prog_name("maffsrn_jax.upscale", argv), description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", required=True,
-                        help="Orbax directory, .pt/.pth or .safetensors, or an exported "
-                        ".onnx/.tflite/.stablehlo (maffsrn_jax.export)")
-    parser.add_argument("--input", required=True, help="an image file or a directory of images")
+    parser.add_argument("--input", required=True, help="an image file or a folder of images")
     parser.add_argument("--output", required=True,
-                        help="output file (format by extension) or directory (PNG files)")
+                        help="output file (format by extension) or folder (PNG files)")
+    parser.add_argument("--scale", type=int, default=None,
+                        help=f"upscaling factor: picks the shipped model (default {DEFAULT_SCALE});"
+                        " with --checkpoint, checked against it")
+    parser.add_argument("--checkpoint",
+                        help="your own model instead of the shipped one: a training run's folder, "
+                        "a .pt/.pth or .safetensors file, a shipped name (maffsrn_x2), or a file "
+                        "from maffsrn-export (.onnx, .tflite, .stablehlo)")
     parser.add_argument("--tile", type=int, default=inference.DEFAULT_TILE,
-                        help="LR tile size; 0 runs whole images (default: %(default)s)")
+                        help="tile size in input pixels; 0 runs whole images "
+                        "(default: %(default)s)")
     parser.add_argument("--overlap", type=int, default=inference.DEFAULT_OVERLAP,
-                        help="tile overlap in LR pixels (default: %(default)s)")
+                        help="tile overlap in input pixels (default: %(default)s)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="compute dtype (parameters stay float32)")
+                        help="compute precision (default: %(default)s)")
     parser.add_argument("--self-ensemble", action="store_true",
                         help="average the 8 flips/transposes (8x slower, slightly better)")
     return parser.parse_args(argv)
+
+
+def _upscaler(args: argparse.Namespace) -> tuple[Any, int]:
+    """(image -> upscaled image, scale) of the model the arguments name."""
+    if args.scale is not None and args.scale < 2:
+        raise UpscaleError(f"--scale must be an integer >= 2, got {args.scale}")
+    checkpoint = args.checkpoint or f"maffsrn_x{args.scale or DEFAULT_SCALE}"
+    if runtimes.is_artifact(checkpoint):
+        # A TFLite model tiles at its fixed input size whatever --tile says.
+        fn, scale = runtimes.load_upscaler(checkpoint, tile=args.tile or None,
+                                           overlap=args.overlap,
+                                           self_ensemble=args.self_ensemble)
+        upscale = lambda image: upscale_image_with(fn, scale, image)
+    else:
+        try:
+            model, variables = convert.load_pretrained(checkpoint,
+                                                       dtype=getattr(jnp, args.dtype))
+        except convert.CheckpointError as e:
+            if args.checkpoint:
+                raise
+            raise UpscaleError(f"--scale {args.scale or DEFAULT_SCALE}: {e}") from None
+        options = dict(tile=args.tile or None, overlap=args.overlap,
+                       self_ensemble=args.self_ensemble)
+        scale = model.scale
+        upscale = lambda image: upscale_image(model, variables, image, **options)
+    if args.scale is not None and args.scale != scale:
+        raise UpscaleError(f"--checkpoint {checkpoint}: a x{scale} model, but --scale is "
+                           f"{args.scale}")
+    return upscale, scale
 
 
 def run(args: argparse.Namespace) -> int:
@@ -149,48 +210,48 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise UpscaleError(f"--tile {args.tile} --overlap {args.overlap}: {e}") from None
     jobs, is_dir = plan(Path(args.input), Path(args.output))
-    if runtimes.is_artifact(args.checkpoint):
-        # A TFLite model tiles at its fixed input size whatever --tile says.
-        fn, scale = runtimes.load_upscaler(args.checkpoint, tile=args.tile or None,
-                                           overlap=args.overlap,
-                                           self_ensemble=args.self_ensemble)
-        upscale = lambda image: upscale_image_with(fn, scale, image)
-    else:
-        model, variables = convert.load_pretrained(
-            args.checkpoint, dtype=getattr(jnp, args.dtype)
-        )
-        options = dict(tile=args.tile or None, overlap=args.overlap,
-                       self_ensemble=args.self_ensemble)
-        scale = model.scale
-        upscale = lambda image: upscale_image(model, variables, image, **options)
+    upscale, scale = _upscaler(args)
 
     if not is_dir:
         (src, dst), = jobs
-        image_io.save_image(dst, upscale(image_io.load_image(src)))
+        out = upscale(image_io.load_image(src))
+        image_io.save_image(dst, out)
+        print(f"wrote {dst} ({_size(out)})")
         return 0
 
-    jobs[0][1].parent.mkdir(parents=True, exist_ok=True)
+    out_dir = jobs[0][1].parent
+    out_dir.mkdir(parents=True, exist_ok=True)
     failures = []
     for src, dst in tqdm(jobs, desc=f"x{scale}", unit="img", disable=None):
         try:
-            image_io.save_image(dst, upscale(image_io.load_image(src)))
+            out = upscale(image_io.load_image(src))
+            image_io.save_image(dst, out)
         except image_io.ImageError as e:
-            failures.append(str(e))
+            failures.append((src.name, e.reason, str(e)))
+            continue
         except ValueError as e:
-            failures.append(f"{src}: {e}")
+            failures.append((src.name, str(e), f"{src}: {e}"))
+            continue
         except OSError as e:  # an unreadable input or an unwritable output: try the next
-            failures.append(os_error_line(e) if e.filename else f"{src}: {os_error_line(e)}")
-    for message in failures:
-        print(f"error: {message}", file=sys.stderr)
+            line = os_error_line(e) if e.filename else f"{src}: {os_error_line(e)}"
+            failures.append((src.name, e.strerror or str(e), line))
+            continue
+        tqdm.write(f"wrote {dst} ({_size(out)})")
+    for _, _, line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    summary = f"{len(jobs) - len(failures)} of {len(jobs)} images upscaled x{scale} into {out_dir}"
     if failures:
-        print(f"error: {len(failures)} of {len(jobs)} images failed", file=sys.stderr)
-        return 1
-    return 0
+        summary += f"; failed: {_listing([f'{name} ({why})' for name, why, _ in failures])}"
+    skipped = skipped_entries(Path(args.input))
+    if skipped:
+        summary += f"; skipped: {_listing(skipped)}"
+    print(summary, file=sys.stderr if failures else sys.stdout)
+    return 1 if failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    xla_options.keep_freed_memory()
+    xla_options.tune_process()
     return run_cli(lambda: run(args))
 
 

@@ -404,6 +404,7 @@ def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_both_ways(tmp_path, official, converted):
     src = tmp_path / "official.pt"
     torch.save({k: torch.from_numpy(v) for k, v in official.items()}, src)
@@ -459,6 +460,7 @@ def test_malicious_pickle_payload_is_live(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_malicious_pickle_refused(tmp_path):
     marker = tmp_path / "marker"
     path = _malicious_pt(tmp_path / "evil.pt", marker)

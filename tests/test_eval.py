@@ -1,9 +1,8 @@
-"""eval.py, maffsrn_jax.upscale and maffsrn_jax.inference: scores, layouts, tiling, ensemble,
+"""maffsrn-eval, maffsrn-upscale and maffsrn_jax.inference: scores, layouts, tiling, ensemble,
 odd images and every bad input through the CLIs (as subprocesses: one line, no traceback)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,7 +16,8 @@ import skimage.data
 from PIL import Image
 from safetensors.numpy import save_file
 
-from maffsrn_jax import convert, image_io, inference, metrics, upscale
+from maffsrn_jax import convert, evaluation, image_io, inference, metrics, upscale
+from maffsrn_jax import eval as eval_cli
 from maffsrn_jax.imresize import imresize
 from maffsrn_jax.models import MAFFSRN
 
@@ -25,17 +25,6 @@ from .conftest import REPO, set5_dir
 
 # The Set5 bicubic baseline of the literature (facts sheet, section 6): (PSNR, SSIM).
 SET5_BICUBIC = {2: (33.66, 0.9299), 3: (30.39, 0.8682), 4: (28.42, 0.8104)}
-
-
-def _load_eval_cli():
-    spec = importlib.util.spec_from_file_location("eval_cli", REPO / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there.
-    spec.loader.exec_module(module)
-    return module
-
-
-eval_cli = _load_eval_cli()
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +78,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
 
 
 @pytest.mark.parametrize("h, w", [(1, 1), (5, 7), (13, 13), (4, 20)])
+@pytest.mark.slow
 def test_model_fn_any_size_pads_and_crops(tiny, h, w):
     model, variables = tiny
     x = _photo(h, w).astype(np.float32) / 255
@@ -144,6 +134,7 @@ def test_bad_tile_settings_raise():
         inference.upscale_tiled(_nearest, x, scale=3, tile=20, overlap=10)
 
 
+@pytest.mark.slow
 def test_tiled_matches_untiled_on_a_photo(tiny):
     model, variables = tiny
     x = _photo(96, 120).astype(np.float32) / 255
@@ -162,6 +153,7 @@ def test_default_tiling_matches_untiled_on_a_large_photo(tiny):
     assert _psnr_float(tiled, full) >= 45.0
 
 
+@pytest.mark.slow
 def test_inference_cli_reports_tiling_error(tmp_path, checkpoints, capsys):
     image_io.save_image(tmp_path / "photo.png", _photo(40, 56))
     rc = inference.main(["--checkpoint", str(checkpoints / "x2.safetensors"), "--tile", "32",
@@ -181,6 +173,7 @@ def _dihedral_reference(fn, x: np.ndarray) -> np.ndarray:
     return np.mean(outs, axis=0)
 
 
+@pytest.mark.slow
 def test_self_ensemble_is_the_mean_of_the_eight_inverted_outputs(tiny):
     model, variables = tiny
     x = _photo(15, 21).astype(np.float32) / 255
@@ -259,39 +252,40 @@ def _benchmark_folder(d: Path, scale: int) -> Path:
 
 def test_layout_detection(tmp_path):
     flat = _hr_folder(tmp_path / "flat")
-    assert [s.lr for s in eval_cli.find_samples(flat, 3)] == [None, None]
+    assert [s.lr for s in evaluation.find_samples(flat, 3)] == [None, None]
     hr_only = _hr_folder(tmp_path / "hr_only" / "HR").parent
-    assert [s.name for s in eval_cli.find_samples(hr_only, 3)] == ["img0", "img1"]
+    assert [s.name for s in evaluation.find_samples(hr_only, 3)] == ["img0", "img1"]
     bench = _benchmark_folder(tmp_path / "bench", 3)
-    samples = eval_cli.find_samples(bench, 3)
+    samples = evaluation.find_samples(bench, 3)
     assert [s.lr.name for s in samples] == ["img0x3.png", "img1x3.png"]
     # Both layouts give the same LR here (it was made the same way): same scores.
-    scores = [eval_cli.evaluate(eval_cli.bicubic_upscaler(3), eval_cli.find_samples(d, 3), 3)
+    scores = [evaluation.evaluate(evaluation.bicubic_upscaler(3), evaluation.find_samples(d, 3), 3)
               for d in (flat, bench)]
     assert scores[0] == scores[1]
-    with pytest.raises(eval_cli.EvalError, match="LR_bicubic/X2"):
-        eval_cli.find_samples(bench, 2)
+    with pytest.raises(evaluation.EvalError, match="LR_bicubic/X2"):
+        evaluation.find_samples(bench, 2)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(eval_cli.EvalError, match="unknown dataset layout"):
-        eval_cli.find_samples(tmp_path / "empty", 2)
+    with pytest.raises(evaluation.EvalError, match="unknown dataset layout"):
+        evaluation.find_samples(tmp_path / "empty", 2)
 
 
 def test_benchmark_layout_checks_lr_files(tmp_path):
     bench = _benchmark_folder(tmp_path / "bench", 2)
     lr = bench / "LR_bicubic" / "X2" / "img1x2.png"
     lr.unlink()
-    with pytest.raises(eval_cli.EvalError, match="img1x2.png"):
-        eval_cli.find_samples(bench, 2)
+    with pytest.raises(evaluation.EvalError, match="img1x2.png"):
+        evaluation.find_samples(bench, 2)
     image_io.save_image(lr, np.zeros((5, 5, 3), np.uint8))
-    (sample,) = [s for s in eval_cli.find_samples(bench, 2) if s.name == "img1"]
-    with pytest.raises(eval_cli.EvalError, match="img1x2.png: LR is 5x5"):
-        eval_cli.load_pair(sample, 2)
+    (sample,) = [s for s in evaluation.find_samples(bench, 2) if s.name == "img1"]
+    with pytest.raises(evaluation.EvalError, match="img1x2.png: LR is 5x5"):
+        evaluation.load_pair(sample, 2)
 
 
+@pytest.mark.slow
 def test_eval_checkpoint_json_and_saved_images(tmp_path, checkpoints):
     data = _hr_folder(tmp_path / "data")
     out = tmp_path / "scores.json"
-    rc = eval_cli.main(["--checkpoint", str(checkpoints / "x2.safetensors"), "--scale", "2",
+    rc = eval_cli.main(["--checkpoint", str(checkpoints / "x2.safetensors"),
                         "--data", f"tiny={data}", "--json", str(out),
                         "--save-images", str(tmp_path / "sr")])
     assert rc == 0
@@ -319,8 +313,10 @@ def test_eval_rejects_bad_tiling_before_scoring(tmp_path, checkpoints, capsys):
 
 
 def test_write_json_atomic_leaves_nothing_on_failure(tmp_path):
+    from maffsrn_jax.files import write_json_atomic
+
     with pytest.raises(TypeError):
-        eval_cli.write_json_atomic(tmp_path / "x.json", {"bad": object()})
+        write_json_atomic(tmp_path / "x.json", {"bad": object()})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -344,14 +340,37 @@ def _dataset_with(tmp_path: Path, bad: Path) -> Path:
 
 
 @pytest.mark.parametrize("bad", ["truncated.png", "notimage.png"])
-def test_eval_cli_bad_image(tmp_path, bad_files, bad):
+def test_eval_cli_bad_image_is_listed_and_the_rest_scored(tmp_path, bad_files, bad):
     data = _dataset_with(tmp_path, bad_files / bad)
     out = tmp_path / "scores.json"
     proc = run_cli("eval.py", "--bicubic", "--scale", "2", "--data", f"d={data}", "--json", out)
-    assert_one_line_error(proc, "zz_bad.png")
-    assert not out.exists()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and "zz_bad.png" in lines[0]
+    assert lines[1] == "error: 1 of 3 images could not be scored (listed above)"
+    report = json.loads(out.read_text())["d"]
+    assert [r["name"] for r in report["images"]] == ["img0", "img1"]
+    assert len(report["failed"]) == 1 and "zz_bad.png" in report["failed"][0]
+    good = evaluation.evaluate(evaluation.bicubic_upscaler(2),
+                               evaluation.find_samples(_hr_folder(tmp_path / "good"), 2), 2)
+    assert report["images"] == good
+    assert "d x2: PSNR" in proc.stdout and "(2 images, 1 not scored)" in proc.stdout
 
 
+def test_eval_reads_the_scale_from_the_checkpoint(tmp_path, checkpoints, capsys):
+    data = _benchmark_folder(tmp_path / "bench", 4)
+    rc = eval_cli.main(["--checkpoint", str(checkpoints / "x4.safetensors"), "--data",
+                        f"b={data}", "--json", str(tmp_path / "s.json")])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "s.json").read_text())["b"]
+    assert report["scale"] == 4 and len(report["images"]) == 2
+    # --bicubic has no model to ask.
+    rc = eval_cli.main(["--bicubic", "--data", f"b={data}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["error: --bicubic needs --scale"]
+
+
+@pytest.mark.slow
 def test_eval_cli_bad_dataset_paths(tmp_path):
     out = tmp_path / "scores.json"
     proc = run_cli("eval.py", "--bicubic", "--scale", "2", "--data", f"d={tmp_path / 'nope'}",
@@ -404,6 +423,7 @@ def test_upscale_cli_bad_checkpoint(tmp_path, checkpoints, bad_files, ckpt):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_upscale_cli_directory_of_odd_images(tmp_path, checkpoints, bad_files, tiny):
     """Gray, 16-bit gray, RGBA, 16-bit RGB, 1x1, bf16 compute; failures listed at the end."""
     src = tmp_path / "in"
@@ -429,8 +449,17 @@ def test_upscale_cli_directory_of_odd_images(tmp_path, checkpoints, bad_files, t
     lines = proc.stderr.strip().splitlines()
     assert lines[0].startswith("error: ") and "a_truncated.png" in lines[0]
     assert lines[1].startswith("error: ") and "b_text.png" in lines[1]
-    assert lines[2] == "error: 2 of 7 images failed"
+    assert lines[2].startswith(f"5 of 7 images upscaled x2 into {dst}; failed: a_truncated.png (")
+    assert "b_text.png (not an image file" in lines[2]
+    assert lines[2].endswith("; skipped: README.md (not an image file name)")
     assert sorted(p.name for p in dst.iterdir()) == sorted(f"{n}.png" for n in images)
+    # One line per image written, with its size and kind.
+    written = sorted(proc.stdout.strip().splitlines())
+    assert written == sorted([f"wrote {dst / 'dot.png'} (2x2 RGB, 8-bit)",
+                              f"wrote {dst / 'gray.png'} (38x28 gray, 8-bit)",
+                              f"wrote {dst / 'gray16.png'} (38x28 gray, 16-bit)",
+                              f"wrote {dst / 'rgb16.png'} (38x28 RGB, 16-bit)",
+                              f"wrote {dst / 'rgba.png'} (38x28 RGBA, 8-bit)"])
 
     model, variables = tiny
     for name, arr in images.items():
@@ -463,9 +492,58 @@ def test_upscale_cli_argument_errors(tmp_path, checkpoints, bad_files):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_upscale_writes_single_file_into_existing_directory(tmp_path, checkpoints, bad_files):
+def test_upscale_writes_single_file_into_existing_directory(tmp_path, checkpoints, bad_files,
+                                                           capsys):
     rc = upscale.main(["--checkpoint", str(checkpoints / "x2.safetensors"),
                        "--input", str(bad_files / "good.png"), "--output", str(tmp_path)])
     assert rc == 0
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'good.png'} (48x40 RGB, 8-bit)\n"
     assert image_io.load_image(tmp_path / "good.png").shape == (40, 48, 3)
     assert Image.open(tmp_path / "good.png").format == "PNG"
+
+
+def test_upscale_folder_summary_when_all_succeed(tmp_path, checkpoints, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "sub").mkdir()
+    (src / ".hidden.png").write_bytes(b"")
+    image_io.save_image(src / "a.png", _photo(14, 15))
+    rc = upscale.main(["--checkpoint", str(checkpoints / "x2.safetensors"), "--input", str(src),
+                       "--output", str(tmp_path / "out")])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    assert out == [f"wrote {tmp_path / 'out' / 'a.png'} (30x28 RGB, 8-bit)",
+                   f"1 of 1 images upscaled x2 into {tmp_path / 'out'}; skipped: .hidden.png "
+                   "(hidden), sub/ (a folder)"]
+
+
+def test_upscale_scale_must_match_the_checkpoint(tmp_path, checkpoints, bad_files, capsys):
+    rc = upscale.main(["--checkpoint", str(checkpoints / "x2.safetensors"), "--scale", "3",
+                       "--input", str(bad_files / "good.png"), "--output", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "a x2 model, but --scale is 3" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_upscale_without_checkpoint_runs_the_shipped_model(tmp_path, bad_files, capsys):
+    import maffsrn_jax
+
+    scale = 2  # the cheapest of the shipped models; --scale picks maffsrn_x{scale}
+    rc = upscale.main(["--scale", str(scale), "--input", str(bad_files / "good.png"),
+                       "--output", str(tmp_path / "out.png")])
+    assert rc == 0, capsys.readouterr().err
+    model, variables = maffsrn_jax.load_pretrained(f"maffsrn_x{scale}")
+    want = upscale.upscale_image(model, variables, image_io.load_image(bad_files / "good.png"))
+    np.testing.assert_array_equal(image_io.load_image(tmp_path / "out.png"), want)
+    # No such shipped scale: one line naming the flag.
+    rc = upscale.main(["--scale", "7", "--input", str(bad_files / "good.png"),
+                       "--output", str(tmp_path / "x7.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: --scale 7: maffsrn_x7")
+
+
+def test_upscale_help_is_for_users():
+    proc = run_cli("-m", "maffsrn_jax.upscale", "--help")
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: python -m maffsrn_jax.upscale")
+    for internal in ("image_io", "inference.", "load_image", "DEFAULT_TILE", "maffsrn_jax."):
+        assert internal not in proc.stdout.split("\n", 1)[1], internal

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +19,9 @@ from PIL import Image
 
 from maffsrn_jax import convert, export, inference, ops, portable_ops, runtimes
 from maffsrn_jax.models import MAFFSRN
-from tests.conftest import REPO
+
+# Subprocesses, whole training runs or exports: out of the edit-run loop (CI runs them).
+pytestmark = pytest.mark.slow
 
 TOL = 1e-4  # float32 artifact vs the Flax model
 # float16: half-precision weights and activations on [0, 1] images with a float32 skip;
@@ -392,7 +393,7 @@ def test_unwritable_output_leaves_no_file(workdir, tiny, tmp_path):
 
 def test_eval_and_upscale_run_artifacts(onnx_files, tflite_file, tiny, tmp_path, capsys):
     import eval as eval_script
-    from maffsrn_jax import upscale
+    from maffsrn_jax import evaluation, upscale
 
     model, variables = tiny
     data = tmp_path / "set"
@@ -409,9 +410,9 @@ def test_eval_and_upscale_run_artifacts(onnx_files, tflite_file, tiny, tmp_path,
     # The ONNX model is the Flax model: the same LR image through both gives the same score.
     ckpt = tmp_path / "tiny.safetensors"
     convert.save_state_dict(convert.flax_to_torch(model, variables), ckpt)
-    samples = eval_script.find_samples(data, 2)
-    upscaler = eval_script.model_upscaler(str(ckpt), 2, tile=None)
-    flax_psnr = eval_script.evaluate(upscaler, samples, 2)[0]["psnr"]
+    samples = evaluation.find_samples(data, 2)
+    upscaler = evaluation.model_upscaler(str(ckpt), 2, tile=None)
+    flax_psnr = evaluation.evaluate(upscaler, samples, 2)[0]["psnr"]
     assert abs(scores["onnx"] - flax_psnr) < 0.01
     assert abs(scores["tflite"] - flax_psnr) < 0.5  # tiled at 32x32
 
@@ -425,9 +426,3 @@ def test_eval_and_upscale_run_artifacts(onnx_files, tflite_file, tiny, tmp_path,
                              "--data", f"T={data}"])
     err = capsys.readouterr().err
     assert code == 2 and "exported model is x2" in err and err.count("\n") == 1
-
-
-def test_requirements_export_is_in_dev():
-    dev = (REPO / "requirements-dev.txt").read_text().splitlines()
-    assert "-r requirements-export.txt" in dev
-    assert Path(REPO / "requirements-export.txt").is_file()

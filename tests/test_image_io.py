@@ -7,10 +7,10 @@ import os
 from contextlib import nullcontext
 
 import numpy as np
+import png
 import pytest
 from PIL import Image
 
-from maffsrn_jax import image_io
 from maffsrn_jax.image_io import ImageError, load_image, save_image, to_rgb_uint8
 
 
@@ -31,17 +31,42 @@ def test_png_round_trip_keeps_depth_and_channels(tmp_path, shape, dtype):
     np.testing.assert_array_equal(back, arr)
 
 
-@pytest.mark.parametrize("channels", [3, 4])
-def test_16bit_colour_png_with_every_filter_type(tmp_path, channels):
-    # Rows use PNG filters None/Sub/Up/Average/Paeth in turn; a smooth image exercises the
-    # predictors the way real photographs do, noise the byte wrap-around.
-    h, w = 23, 19
-    yy, xx = np.mgrid[:h, :w]
-    smooth = np.stack([(yy * 2000 + xx * 1500 + 9000 * c) % 65536 for c in range(channels)], -1)
-    for arr in (smooth.astype(np.uint16), _rng_image((h, w, channels), np.uint16, seed=4)):
-        path = tmp_path / "f.png"
-        path.write_bytes(image_io._encode_png(arr, filters=(np.arange(h) % 5).astype(np.uint8)))
-        np.testing.assert_array_equal(load_image(path), arr)
+@pytest.mark.parametrize("interlace", [False, True])
+def test_16bit_png_of_every_kind_from_another_writer(tmp_path, interlace):
+    # Files this package did not write: interlaced, gray + alpha (read as RGBA, like 8-bit LA),
+    # and a tRNS colour key (read as an alpha channel, opaque except on the key colour).
+    h, w = 11, 13
+    for planes in (1, 2, 3, 4):
+        arr = _rng_image((h, w, planes), np.uint16, seed=planes)
+        path = tmp_path / f"{planes}.png"
+        with open(path, "wb") as f:
+            png.Writer(w, h, greyscale=planes < 3, alpha=planes in (2, 4), bitdepth=16,
+                       interlace=interlace).write(f, arr.reshape(h, w * planes))
+        back = load_image(path)
+        want = arr[..., 0] if planes == 1 else arr[..., [0, 0, 0, 1]] if planes == 2 else arr
+        assert back.dtype == np.uint16
+        np.testing.assert_array_equal(back, want)
+    rgb = _rng_image((h, w, 3), np.uint16, seed=9)
+    key = tuple(int(v) for v in rgb[2, 3])
+    with open(tmp_path / "trns.png", "wb") as f:
+        png.Writer(w, h, greyscale=False, bitdepth=16, transparent=key).write(
+            f, rgb.reshape(h, w * 3))
+    back = load_image(tmp_path / "trns.png")
+    assert back.shape == (h, w, 4)
+    np.testing.assert_array_equal(back[..., :3], rgb)
+    assert back[2, 3, 3] == 0 and (back[..., 3] == 65535).sum() == h * w - (
+        (rgb == key).all(axis=2)).sum()
+
+
+def test_16bit_png_is_written_at_16_bits(tmp_path):
+    # Every sample keeps its low byte: a reader that truncated to 8 bits would lose it.
+    arr = (_rng_image((5, 6, 3), np.uint8, seed=2).astype(np.uint16) * 256 + 255)
+    save_image(tmp_path / "x.png", arr)
+    with Image.open(tmp_path / "x.png") as img:
+        assert img.format == "PNG"
+    with open(tmp_path / "x.png", "rb") as f:
+        assert f.read(26)[24] == 16  # IHDR bit depth
+    np.testing.assert_array_equal(load_image(tmp_path / "x.png"), arr)
 
 
 def test_other_modes(tmp_path):

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maffsrn_jax import bench, image_io
-from maffsrn_jax import input_pipeline as ip
+from benchmarks import bench
+from maffsrn_jax import data as ip
+from maffsrn_jax import image_io
+from maffsrn_jax.configs.default import data_config as default_data_config
 from maffsrn_jax.imresize import imresize, modcrop
 
 from .conftest import REPO
@@ -26,7 +28,7 @@ def _noise(h, w, c=3, dtype=np.uint8, seed=0):
 
 
 def _config(tmp_path, **fields):
-    cfg = ip.default_data_config()
+    cfg = default_data_config()
     cfg.cache_dir = str(tmp_path / "cache")
     cfg.num_threads = 1
     cfg.update(fields)
@@ -51,7 +53,7 @@ def _benchmark_tree(root, scale, sizes, seed=0):
 
 
 def test_default_config_fields():
-    cfg = ip.default_data_config()
+    cfg = default_data_config()
     for field in ("source", "dir", "train_range", "val_range", "val_dir", "val_fraction",
                   "tfds_name", "tfds_data_dir", "tfds_train_split", "tfds_val_split",
                   "cache_dir", "num_threads", "prefetch"):
@@ -511,7 +513,7 @@ def test_train_iterator_raises_worker_errors():
 def test_interpreter_exit_does_not_wait_for_workers():
     code = (
         "import numpy as np\n"
-        "from maffsrn_jax import input_pipeline as ip\n"
+        "from maffsrn_jax import data as ip\n"
         "lr = np.zeros((20, 20, 3), np.uint8)\n"
         "ds = ip.PairDataset(['a'], [lr], [np.zeros((40, 40, 3), np.uint8)], 2)\n"
         "it = ip.train_iterator(ds, start_step=0, seed=0, global_batch_size=2, patch_size=8,"

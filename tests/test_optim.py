@@ -223,6 +223,7 @@ def test_matches_torch_with_lr_schedule(schedule):
     )
 
 
+@pytest.mark.slow
 def test_in_chain_with_clipping_and_without_jit():
     # Gradients of norm ~2 clipped to 0.5 on both sides; also checks the un-jitted path.
     run_pair(mixed, clip=0.5, jit=False)

@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maffsrn_jax.tools.faults import make_images
+from benchmarks.faults import make_images
 
 from .conftest import REPO
+
+# Subprocesses, whole training runs or exports: out of the edit-run loop (CI runs them).
+pytestmark = pytest.mark.slow
 
 TINY = [
     "--config.model.n_ffgs=1",

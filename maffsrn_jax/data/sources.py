@@ -51,6 +51,7 @@ from maffsrn_jax.data.cache import (
 )
 from maffsrn_jax.data.sampler import PairDataset
 from maffsrn_jax.errors import first_line
+from maffsrn_jax.extras import require
 from maffsrn_jax.files import IMAGE_EXTENSIONS, list_images, write_atomic
 from maffsrn_jax.imresize import imresize, modcrop
 
@@ -285,11 +286,7 @@ def _tfds_built(
     cache: _Cache, cfg: ml_collections.ConfigDict, split: str, scale: int, min_lr: int
 ) -> list[_Built]:
     """Pairs of a prepared TFDS split, decoded once into the cache and listed in a manifest."""
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError as e:
-        raise DataError(
-            f"data.source='tfds' needs tensorflow-datasets and tensorflow ({e})") from None
+    tfds = require("tensorflow_datasets", "tfds", "data.source='tfds'")
     name = cfg.tfds_name.format(scale=scale)
     data_dir = os.path.expanduser(cfg.tfds_data_dir) or None
     try:
