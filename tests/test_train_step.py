@@ -198,6 +198,7 @@ _DEVICES_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_one_device_and_four_devices_give_the_same_weights():
     env = {
         **os.environ,

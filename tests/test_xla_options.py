@@ -57,6 +57,7 @@ def test_forward_and_gradients_agree_with_xla_defaults():
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_p_train_step_compiles_once_per_batch_shape_and_matches_plain_pmap():
     schedule = optax.constant_schedule(1e-3)
     tx = adamp(schedule)
