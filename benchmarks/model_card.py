@@ -8,7 +8,8 @@ Scores every shipped `maffsrn_x{s}` and MATLAB bicubic on each dataset with eval
 conventions (Y channel, s pixels shaved, LR made from HR by MATLAB-bicubic), plus the
 self-ensemble (x8) on Set5 and Set14, and writes `scores.json`. With `--runs` (a folder holding
 the training workdirs `x2/`, `x3/`, `x4/`) it also copies each run's validation PSNR against
-steps into `validation.json`; the plot `validation.png` is drawn from that file, so it can be
+steps into `validation.json` (`--continue-curves`: appended to the curves there, for runs that
+trained on from those weights); the plot `validation.png` is drawn from that file, so it can be
 redrawn from the repository alone. `comparison.png` shows bicubic | MAFFSRN | HR crops of the
 first image of a few datasets at the largest scale. Needs matplotlib (the `dev` extra).
 """
@@ -67,13 +68,17 @@ def score_all(datasets: dict[str, Path], scales: list[int]) -> dict:
     return out
 
 
-def read_curves(runs: Path, scales: list[int]) -> dict:
-    curves = {}
+def read_curves(runs: Path, scales: list[int], after: dict | None = None) -> dict:
+    """Each run's validation PSNR against steps; with `after` (curves already recorded), a
+    run that continued from those weights is appended, its steps counted on from theirs."""
+    curves = dict(after or {})
     for scale in scales:
+        before = curves.get(f"x{scale}", []) if after else []
+        offset = before[-1][0] if before else 0
         path = runs / f"x{scale}" / "metrics.jsonl"
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        curves[f"x{scale}"] = [
-            [r["step"], round(r["val_psnr"], 4)] for r in records if "val_psnr" in r
+        curves[f"x{scale}"] = before + [
+            [offset + r["step"], round(r["val_psnr"], 4)] for r in records if "val_psnr" in r
         ]
     return curves
 
@@ -181,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a test set (HR images, or the EDSR benchmark layout)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the figures")
     parser.add_argument("--runs", type=Path, help="folder with the training workdirs x2/ x3/ x4/")
+    parser.add_argument("--continue-curves", action="store_true",
+                        help="the runs continued from the weights whose curves validation.json "
+                             "holds: append to them instead of replacing them")
     parser.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--skip-scores", action="store_true",
                         help="only the curves and pictures (scores.json kept as it is)")
@@ -198,9 +206,14 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             parser.error(f"--scales: no shipped weights {', '.join(missing)}")
         args.output.mkdir(parents=True, exist_ok=True)
-        if args.runs:
-            write_json_atomic(args.output / "validation.json", read_curves(args.runs, args.scales))
         curves_file = args.output / "validation.json"
+        if args.runs:
+            after = None
+            if args.continue_curves:
+                if not curves_file.is_file():
+                    parser.error(f"--continue-curves: no {curves_file} to continue")
+                after = json.loads(curves_file.read_text())
+            write_json_atomic(curves_file, read_curves(args.runs, args.scales, after))
         if curves_file.is_file():
             plot_curves(json.loads(curves_file.read_text()), args.output / "validation.png",
                         VDSR_SET5)

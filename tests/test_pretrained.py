@@ -160,3 +160,16 @@ def test_train491_shipped_list():
     assert sum(n.startswith("bsds500_train_") for n in names) == 200
     assert sum(n.startswith("bsds500_test_") for n in names) == 200
     assert all(len(d) == 64 for d in names.values())
+
+
+def test_model_card_curves_continue_a_stage(tmp_path):
+    from benchmarks.model_card import read_curves
+
+    records = [{"step": 10, "val_psnr": 30.0}, {"step": 20, "loss": 1.0},
+               {"step": 20, "val_psnr": 31.0}]
+    (tmp_path / "x2").mkdir()
+    (tmp_path / "x2" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert read_curves(tmp_path, [2]) == {"x2": [[10, 30.0], [20, 31.0]]}
+    stage1 = {"x2": [[500, 29.0]], "x4": [[100, 25.0]]}
+    assert read_curves(tmp_path, [2], after=stage1) == {
+        "x2": [[500, 29.0], [510, 30.0], [520, 31.0]], "x4": [[100, 25.0]]}

@@ -107,6 +107,29 @@ os._exit(0)  # as train.py does after a failure: not into JAX's shutdown barrier
 """
 
 
+def _two_processes(script: str, tmp_path, timeout: float):
+    """Runs `script` as JAX processes 0 and 1 on 127.0.0.1; returns both and process 1's
+    (stdout, stderr)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(i), addr, str(tmp_path)],
+            cwd=REPO, env={**env, "JAX_PLATFORMS": "cpu"},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        return procs, procs[1].communicate(timeout=timeout)
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+
+
 def test_processes_share_recovery_and_stop_together_and_never_wait_for_a_stuck_process_0(
         tmp_path):
     """Two JAX processes on 127.0.0.1: the others read process 0's choice of step (and its
@@ -116,24 +139,7 @@ def test_processes_share_recovery_and_stop_together_and_never_wait_for_a_stuck_p
     checkpoints.save(mngr, 2, {"params": {"w": np.full(3, 2.0)}, "step": np.int32(2)}, {"a": 1})
     mngr.close()
     (tmp_path / "damaged" / checkpoints.LATEST_DIR / "1").mkdir(parents=True)  # no marker
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        addr = f"127.0.0.1:{s.getsockname()[1]}"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _HOSTS_SCRIPT, str(i), addr, str(tmp_path)],
-            cwd=REPO, env={**env, "JAX_PLATFORMS": "cpu"},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        out, err = procs[1].communicate(timeout=600)
-    finally:
-        for p in procs:
-            p.kill()
-            p.communicate()
+    procs, (out, err) = _two_processes(_HOSTS_SCRIPT, tmp_path, timeout=600)
     assert procs[1].returncode == 0, err[-3000:]
     ok, damaged, stop, stuck = json.loads(out.strip().splitlines()[-1])
     assert ok == ["step", 2, 2.0]
@@ -142,3 +148,31 @@ def test_processes_share_recovery_and_stop_together_and_never_wait_for_a_stuck_p
     assert stuck[0] == "error" and "\n" not in stuck[1]
     assert stuck[1].startswith("process 1: process 0 did not finish recovering")
     assert "within 2 s" in stuck[1]
+
+
+_KILLED_SCRIPT = """
+import os, signal, sys, time
+import jax
+pid, addr = int(sys.argv[1]), sys.argv[2]
+jax.distributed.initialize(addr, num_processes=2, process_id=pid, initialization_timeout=120)
+jax.devices()
+from maffsrn_jax import train_loop
+if pid == 0:
+    train_loop._recover_here = lambda workdir: os.kill(os.getpid(), signal.SIGKILL)
+start = time.monotonic()
+try:
+    train_loop.recover(sys.argv[3], timeout_s=600)
+except train_loop.TrainingError as e:
+    print(str(e), flush=True)
+print(f"stopped after {time.monotonic() - start:.0f} s", flush=True)
+"""
+
+
+def test_a_process_0_killed_in_recovery_stops_the_others_at_once(tmp_path):
+    """Process 0 hosts JAX's coordination service, so its death ends the others through JAX
+    (its fatal log, not our one line: the client takes no Python error callback), promptly
+    rather than after the 600 s deadline or never."""
+    _, (out, err) = _two_processes(_KILLED_SCRIPT, tmp_path, timeout=120)  # or TimeoutExpired
+    ours = out.startswith("process 1: process 0 did not finish recovering")
+    jaxs = "Terminating process because the JAX distributed service detected fatal" in err
+    assert ours or jaxs, (out, err[-3000:])
