@@ -1,4 +1,4 @@
-"""The shipped MAFFSRN x2 weights (`maffsrn_x2`): the paper's recipe on 491 pre-DIV2K images.
+"""Stage 1 of the shipped MAFFSRN x2 weights (`maffsrn_x2`; stage 2 is `pretrained_x2_stage2`).
 
 Data: T91 + BSDS500 train/test (`python -m maffsrn_jax.data.train491 ... --output
 data/train491`), LR made by MATLAB-bicubic from HR; validation on Set5 (HR only, a folder or

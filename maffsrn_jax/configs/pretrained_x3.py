@@ -1,4 +1,4 @@
-"""The shipped MAFFSRN x3 weights (`maffsrn_x3`): x2's recipe, started from the x2 weights.
+"""Stage 1 of the shipped MAFFSRN x3 weights (`maffsrn_x3`): x2's recipe, from the x2 weights.
 
 As EDSR trains its larger scales: every weight of the trained x2 model but the tail (whose
 shapes depend on the scale, re-initialised) is the starting point (`init_from`), so the

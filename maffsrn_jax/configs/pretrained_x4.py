@@ -1,4 +1,4 @@
-"""The shipped MAFFSRN x4 weights (`maffsrn_x4`): `pretrained_x3`'s recipe at x4.
+"""Stage 1 of the shipped MAFFSRN x4 weights (`maffsrn_x4`): `pretrained_x3`'s recipe at x4.
 
 Started from the x2 weights with the tail re-initialised, the same schedule. T91 images smaller
 than the 192x192 HR patch are skipped with a warning; BSDS500 is large enough.
