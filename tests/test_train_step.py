@@ -102,6 +102,7 @@ def _float_batch() -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in _batch().items()}
 
 
+@pytest.mark.slow  # twelve optimizer steps
 def test_loss_decreases_on_a_fixed_batch(small_step):
     state, step = small_step
     batch = _float_batch()

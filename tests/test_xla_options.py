@@ -34,6 +34,7 @@ def test_cpu_compiles_with_the_package_options():
     assert xla_options.resolve({"a": 1}) == {"a": 1}
 
 
+@pytest.mark.slow  # compiles the model twice with gradients
 def test_forward_and_gradients_agree_with_xla_defaults():
     x = jax.random.uniform(jax.random.key(1), (2, 14, 17, 3))
     params = TINY.init(jax.random.key(0), x)["params"]
@@ -111,6 +112,7 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
     reason="keep_freed_memory sets glibc's malloc options (Linux with glibc only)",
 )
+@pytest.mark.slow  # a subprocess that maps and frees memory
 def test_keep_freed_memory_lets_a_freed_block_be_reused_without_page_faults():
     # In a subprocess: the setting is process-wide and has to come before other threads.
     # Larger than 2 GiB: the top of the heap frees more than the largest positive trim
