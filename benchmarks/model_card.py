@@ -73,7 +73,7 @@ def read_curves(runs: Path, scales: list[int], after: dict | None = None) -> dic
     run that continued from those weights is appended, its steps counted on from theirs."""
     curves = dict(after or {})
     for scale in scales:
-        before = curves.get(f"x{scale}", []) if after else []
+        before = curves.get(f"x{scale}", [])
         offset = before[-1][0] if before else 0
         path = runs / f"x{scale}" / "metrics.jsonl"
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -207,16 +207,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--scales: no shipped weights {', '.join(missing)}")
         args.output.mkdir(parents=True, exist_ok=True)
         curves_file = args.output / "validation.json"
+        curves = json.loads(curves_file.read_text()) if curves_file.is_file() else None
+        if args.continue_curves and (curves is None or not args.runs):
+            parser.error(f"--continue-curves: needs --runs and a {curves_file} to continue")
         if args.runs:
-            after = None
-            if args.continue_curves:
-                if not curves_file.is_file():
-                    parser.error(f"--continue-curves: no {curves_file} to continue")
-                after = json.loads(curves_file.read_text())
-            write_json_atomic(curves_file, read_curves(args.runs, args.scales, after))
-        if curves_file.is_file():
-            plot_curves(json.loads(curves_file.read_text()), args.output / "validation.png",
-                        VDSR_SET5)
+            curves = read_curves(args.runs, args.scales,
+                                 curves if args.continue_curves else None)
+            write_json_atomic(curves_file, curves)
+        if curves is not None:
+            plot_curves(curves, args.output / "validation.png", VDSR_SET5)
         if any(name in datasets for name in COMPARISON_SETS):
             plot_comparison(datasets, max(args.scales), args.output / "comparison.png")
         if datasets and not args.skip_scores:

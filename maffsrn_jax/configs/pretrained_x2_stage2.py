@@ -6,7 +6,7 @@ weights (`init_from`; the optimizer starts fresh) and holds 1e-3 for a third of 
 x0.3 twice (1e-3, 3e-4, 9e-5), a warm restart that buys the long high-lr phase the paper's
 schedule has and a short run cannot. Run it as:
 
-    maffsrn-train --config pretrained_x2_stage2 --workdir runs/x2s2 --config.init_from=runs/x2/best
+    maffsrn-train --config pretrained_x2_stage2 --workdir runs/stage2/x2 --config.init_from=runs/x2
 """
 
 from maffsrn_jax.configs import pretrained_x2

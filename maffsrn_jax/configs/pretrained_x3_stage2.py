@@ -3,7 +3,7 @@
 `pretrained_x2_stage2`'s schedule (1e-3, 3e-4, 9e-5 in thirds of the run, a fresh optimizer)
 from stage 1's x3 weights, tail included. Run it as:
 
-    maffsrn-train --config pretrained_x3_stage2 --workdir runs/x3s2 --config.init_from=runs/x3/best
+    maffsrn-train --config pretrained_x3_stage2 --workdir runs/stage2/x3 --config.init_from=runs/x3
 """
 
 from maffsrn_jax.configs import pretrained_x2_stage2

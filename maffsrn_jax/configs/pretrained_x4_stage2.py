@@ -1,6 +1,6 @@
 """Stage 2 of the shipped x4 weights: `pretrained_x3_stage2` at x4, from stage 1's x4 weights.
 
-    maffsrn-train --config pretrained_x4_stage2 --workdir runs/x4s2 --config.init_from=runs/x4/best
+    maffsrn-train --config pretrained_x4_stage2 --workdir runs/stage2/x4 --config.init_from=runs/x4
 """
 
 from maffsrn_jax.configs import pretrained_x3_stage2
