@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maffsrn_jax import pretrained
+from maffsrn_jax import pretrained, train
 from maffsrn_jax.checkpoints import CheckpointError
 from maffsrn_jax.data import train491
 from maffsrn_jax.data.cache import DataError
@@ -36,6 +37,23 @@ def test_manifest_checksums(name):
     assert hashlib.sha256(data).hexdigest() == entry["sha256"]
     assert entry["file"] == f"{name}.safetensors"
     assert entry["model"]["scale"] == int(name[-1])
+
+
+@pytest.mark.parametrize("name", [n for n in train.shipped_config_names()
+                                  if n.startswith("pretrained_x")])
+def test_pretrained_configs_continue_the_shipped_weights_of_their_scale(name):
+    """A stage's scale is its name's, and a later stage starts from the shipped weights of
+    that scale (its docstring's command), so a stage copied for another scale cannot train
+    a x4 model from x3 weights."""
+    config = importlib.import_module(f"maffsrn_jax.configs.{name}").get_config()
+    scale = int(name[len("pretrained_x")])
+    assert config.model.scale == scale
+    assert config.data.dir == "data/train491"
+    if "_stage" in name:
+        assert config.init_from == f"maffsrn_x{scale}"
+        assert f"--config {name} " in importlib.import_module(
+            f"maffsrn_jax.configs.{name}").__doc__
+    assert 0 < config.lr_decay_steps < config.num_train_steps
 
 
 @pytest.mark.parametrize("name", pretrained.pretrained_names())
