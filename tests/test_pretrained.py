@@ -45,14 +45,14 @@ def test_pretrained_configs_continue_the_shipped_weights_of_their_scale(name):
     """A stage's scale is its name's, and a later stage starts from the shipped weights of
     that scale (its docstring's command), so a stage copied for another scale cannot train
     a x4 model from x3 weights."""
-    config = importlib.import_module(f"maffsrn_jax.configs.{name}").get_config()
+    module = importlib.import_module(f"maffsrn_jax.configs.{name}")
+    config = module.get_config()
     scale = int(name[len("pretrained_x")])
     assert config.model.scale == scale
     assert config.data.dir == "data/train491"
     if "_stage" in name:
         assert config.init_from == f"maffsrn_x{scale}"
-        assert f"--config {name} " in importlib.import_module(
-            f"maffsrn_jax.configs.{name}").__doc__
+        assert f"--config {name} " in module.__doc__
     assert 0 < config.lr_decay_steps < config.num_train_steps
 
 
