@@ -2,7 +2,7 @@
 
 Stage 3 of x3 and x4 (`pretrained_x3_stage3`) showed that a restart at 5e-4, decayed x0.3 at
 thirds (5e-4, 1.5e-4, 4.5e-5), still gains where a 1e-3 restart only climbs back; x2 gets the
-same, over 4,000 steps (about 85 minutes on one core of a 2-core CPU). A fresh optimizer, and a
+same, over 4,000 steps (74 minutes on one core of a 2-core CPU). A fresh optimizer, and a
 new seed so the run draws patches stage 2 did not. Run it as:
 
     maffsrn-train --config pretrained_x2_stage3 --workdir runs/stage3/x2 --config.init_from=runs/stage2/x2
