@@ -7,7 +7,7 @@
 --config is a config file, or the name of one shipped with the package: quickstart (a few
 minutes on a CPU), maffsrn_x2/x3/x4 and maffsrn_l_x2/x3/x4 (the paper's recipe on DIV2K),
 pretrained_x2/x3/x4, pretrained_x2/x3/x4_stage2, pretrained_x2/x3/x4_stage3,
-pretrained_x2/x3_stage4 and pretrained_x2/x3_stage5 (the shipped weights' stages). Any field
+pretrained_x2/x3/x4_stage4 and pretrained_x2/x3_stage5 (the shipped weights' stages). Any field
 can be overridden with --config.<field>=VALUE.
 
 Running the same command again resumes from the newest intact checkpoint in the workdir and
