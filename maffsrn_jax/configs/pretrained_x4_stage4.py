@@ -1,6 +1,6 @@
 """Stage 4 of the shipped x4 weights: `pretrained_x4_stage3` trained on from its own result.
 
-At x2 and x3, stage 5 (2,000 steps a learning-rate level) gained 4-5x more than the shorter
+At x2 and x3, stage 5 (2,000 steps a learning-rate level) gained 2-4x more than the shorter
 stage 4. x4 gets stage 5's x2 restart, 5e-4 decayed x0.3 at thirds (5e-4, 1.5e-4, 4.5e-5),
 over 9,000 steps, so each level runs 3,000 steps (121 minutes on both cores of a 2-core
 CPU). A fresh optimizer, and seed 3 so the run draws patches the
